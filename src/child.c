@@ -1,0 +1,56 @@
+/*
+ * child.c - the child's side of every start method: tie a daemon to its
+ * parent, name the process, run the entry, and leave through _exit so the
+ * parent's atexit handlers never run twice (P13).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+int mproc__child_bind_to_parent(pid_t parent)
+{
+#ifdef __linux__
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        return -errno;
+#endif
+    /* The parent may have died before the line above: then nobody will
+     * send the signal, and we were already reparented. */
+    if (getppid() != parent)
+        return -ESRCH;
+    return 0;
+}
+
+void mproc__child_set_name(const char *name)
+{
+#ifdef __linux__
+    if (name && *name) {
+        char comm[16];
+        snprintf(comm, sizeof comm, "%s", name);
+        prctl(PR_SET_NAME, comm);
+    }
+#else
+    (void)name;
+#endif
+}
+
+_Noreturn void mproc__child_run(mproc_entry_fn fn, const void *arg, size_t len)
+{
+    int rc = fn(len ? arg : NULL, len);
+    /* The child's own buffered output is real output: flush it, then skip
+     * atexit (those handlers belong to the parent's program). */
+    fflush(NULL);
+    _exit(rc & 0xff);
+}
+
+_Noreturn void mproc__child_fail(int code)
+{
+    (void)code;
+    _exit(127);
+}

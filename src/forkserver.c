@@ -1,0 +1,443 @@
+/*
+ * forkserver.c - the forkserver start method.
+ *
+ * The helper is a spawn of this executable (role MPROC__REQ_SERVER), so it
+ * starts clean and single-threaded whatever the client has become: forking
+ * it is cheap and safe at any time (P2). The only way to reach it is the
+ * socketpair it inherited from its client: nothing is bound anywhere (P12).
+ *
+ * Per child the helper answers with the child's pid, a pidfd where the
+ * kernel has them (the client signals and polls through it, P11) and the
+ * read end of a status pipe: the helper reaps the child and writes its exit
+ * code (int32) there. If the helper dies, the pipe ends without a status.
+ *
+ * The client serialises requests on one socket under fs_lock. The helper
+ * exits when the socket closes: when the client stops it, exits or dies.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- client ---------------------------------------------------------------- */
+
+static pthread_mutex_t fs_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t fs_pid;      /* 0: not running */
+static int fs_pidfd = -1;
+static int fs_sock = -1;
+static mproc_entry_fn fs_preload;
+static void *fs_preload_arg;
+static size_t fs_preload_len;
+static pthread_once_t fs_once = PTHREAD_ONCE_INIT;
+
+/* A forked child is not the helper's client: drop its copies quietly (the
+ * parent's connection is untouched, P1 applied to ourselves). */
+static void fs_after_fork_child(void)
+{
+    pthread_mutex_init(&fs_lock, NULL);
+    if (fs_sock >= 0)
+        close(fs_sock);
+    if (fs_pidfd >= 0)
+        close(fs_pidfd);
+    fs_sock = fs_pidfd = -1;
+    fs_pid = 0;
+}
+
+static void fs_install(void)
+{
+    mproc__atfork_child(fs_after_fork_child);
+}
+
+/* Forget the helper, reaping it. Killing first makes the wait bounded: we
+ * only get here once the helper is dead, unwanted, or misbehaving. */
+static void fs_discard_locked(int kill_it)
+{
+    if (!fs_pid)
+        return;
+    if (fs_sock >= 0)
+        close(fs_sock);
+    fs_sock = -1;
+    int code;
+    if (kill_it) {
+        if (fs_pidfd >= 0)
+            mproc__pidfd_signal(fs_pidfd, SIGKILL);
+        else
+            kill(fs_pid, SIGKILL); /* not yet reaped: the pid is still ours */
+    } else if (fs_pidfd >= 0 && mproc__poll1(fs_pidfd, POLLIN, 5000, NULL) == 0) {
+        mproc__pidfd_signal(fs_pidfd, SIGKILL); /* did not leave on EOF */
+    }
+    mproc__reap(fs_pid, fs_pidfd, 1, &code);
+    if (fs_pidfd >= 0)
+        close(fs_pidfd);
+    fs_pidfd = -1;
+    fs_pid = 0;
+}
+
+/* The helper never speaks first: a readable or hung-up socket between
+ * requests means it is gone. */
+static int fs_alive_locked(void)
+{
+    if (!fs_pid)
+        return 0;
+    short rev = 0;
+    if (mproc__poll1(fs_sock, POLLIN, 0, &rev) == 0)
+        return 1;
+    fs_discard_locked(1);
+    return 0;
+}
+
+static int fs_start_locked(void)
+{
+    mproc__request_t req;
+    memset(&req, 0, sizeof req);
+    req.type = MPROC__REQ_SERVER;
+    req.exit_fd = -1;
+    req.name = "mproc-forksrv";
+    if (fs_preload) {
+        int rc = mproc__entry_ref_of(fs_preload, &req.entry);
+        if (rc < 0)
+            return rc;
+        req.flags |= MPROC__F_HAS_ENTRY;
+        req.arg = fs_preload_arg;
+        req.arglen = fs_preload_len;
+    }
+    pid_t pid;
+    int pidfd, sock;
+    int rc = mproc__spawn(&req, NULL, 0, &pid, &pidfd, &sock);
+    if (rc < 0)
+        return rc;
+    fs_pid = pid;
+    fs_pidfd = pidfd;
+    fs_sock = sock;
+    return 0;
+}
+
+int mproc_forkserver_start(mproc_entry_fn preload, const void *arg, size_t len)
+{
+    if ((len && !arg) || len > MPROC__ARG_MAX)
+        return -EINVAL;
+    if (mproc__spawn_uninitialised())
+        return MPROC_ENOINIT;
+    pthread_once(&fs_once, fs_install);
+    pthread_mutex_lock(&fs_lock);
+    int rc = MPROC_ESTATE;
+    if (!fs_alive_locked()) {
+        void *copy = NULL;
+        rc = 0;
+        if (len && !(copy = malloc(len)))
+            rc = -ENOMEM;
+        if (rc == 0) {
+            if (len)
+                memcpy(copy, arg, len);
+            free(fs_preload_arg);
+            fs_preload = preload;
+            fs_preload_arg = copy;
+            fs_preload_len = len;
+            rc = fs_start_locked();
+        }
+    }
+    pthread_mutex_unlock(&fs_lock);
+    return rc;
+}
+
+int mproc_forkserver_stop(void)
+{
+    pthread_once(&fs_once, fs_install);
+    pthread_mutex_lock(&fs_lock);
+    fs_discard_locked(0);
+    pthread_mutex_unlock(&fs_lock);
+    return 0;
+}
+
+pid_t mproc_forkserver_pid(void)
+{
+    pthread_mutex_lock(&fs_lock);
+    pid_t pid = fs_pid;
+    pthread_mutex_unlock(&fs_lock);
+    return pid;
+}
+
+/* One request, one reply. Any failure of the line itself means the helper
+ * is gone: reap it and report MPROC_ESERVER; the next call restarts it. */
+static int fs_call_locked(const mproc__request_t *req, const int *fds, size_t nfds,
+                          mproc__reply_t *reply, int *rfds, size_t *nr)
+{
+    if (!fs_alive_locked()) {
+        int rc = fs_start_locked();
+        if (rc < 0)
+            return rc == -ENOMEM ? rc : MPROC_ESERVER;
+    }
+    void *buf;
+    size_t len;
+    int rc = mproc__request_encode(req, &buf, &len);
+    if (rc < 0)
+        return rc;
+    rc = mproc__frame_send(fs_sock, buf, len, fds, nfds);
+    free(buf);
+    if (rc == 0)
+        rc = mproc__reply_recv(fs_sock, reply, rfds, 2, nr, MPROC_FOREVER);
+    if (rc < 0) {
+        fs_discard_locked(1);
+        return MPROC_ESERVER;
+    }
+    return 0;
+}
+
+int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, pid_t *pid,
+                           int *pidfd, int *status_fd)
+{
+    pthread_once(&fs_once, fs_install);
+    pthread_mutex_lock(&fs_lock);
+    mproc__reply_t reply;
+    int rfds[2];
+    size_t nr = 0;
+    int rc = fs_call_locked(req, fds, nfds, &reply, rfds, &nr);
+    pthread_mutex_unlock(&fs_lock);
+    if (rc < 0)
+        return rc;
+    if (reply.err == 0 && nr >= 1 && reply.pid > 0) {
+        *pid = reply.pid;
+        *status_fd = rfds[0];
+        *pidfd = nr > 1 ? rfds[1] : -1;
+        return 0;
+    }
+    for (size_t i = 0; i < nr; i++)
+        close(rfds[i]);
+    return reply.err < 0 ? reply.err : MPROC_EPROTO;
+}
+
+int mproc__forkserver_signal(pid_t pid, int sig)
+{
+    mproc__request_t req;
+    memset(&req, 0, sizeof req);
+    req.type = MPROC__REQ_SIGNAL;
+    req.exit_fd = -1;
+    req.pid = pid;
+    req.sig = sig;
+    pthread_once(&fs_once, fs_install);
+    pthread_mutex_lock(&fs_lock);
+    int rc = -ESRCH; /* no helper: it cannot still own the child */
+    if (fs_alive_locked()) {
+        mproc__reply_t reply;
+        int rfds[2];
+        size_t nr = 0;
+        rc = fs_call_locked(&req, NULL, 0, &reply, rfds, &nr);
+        for (size_t i = 0; i < nr; i++)
+            close(rfds[i]);
+        if (rc == 0)
+            rc = reply.err;
+    }
+    pthread_mutex_unlock(&fs_lock);
+    return rc;
+}
+
+/* ---- the helper ------------------------------------------------------------ */
+
+typedef struct {
+    pid_t pid;
+    int status_fd; /* write end */
+} child_t;
+
+static child_t *children;
+static size_t n_children, cap_children;
+static int sigchld_pipe[2] = {-1, -1};
+
+static void on_sigchld(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    ssize_t n = write(sigchld_pipe[1], "c", 1); /* full pipe: a wake-up is pending */
+    (void)n;
+    errno = saved;
+}
+
+static void reap_children(void)
+{
+    char drain[64];
+    while (read(sigchld_pipe[0], drain, sizeof drain) > 0)
+        ;
+    for (size_t i = 0; i < n_children;) {
+        int code;
+        if (mproc__reap(children[i].pid, -1, 0, &code) == 1) {
+            int32_t status = code;
+            /* A client that closed its end gets EPIPE: nothing to do. */
+            ssize_t n = write(children[i].status_fd, &status, sizeof status);
+            (void)n;
+            close(children[i].status_fd);
+            children[i] = children[--n_children];
+        } else {
+            i++;
+        }
+    }
+}
+
+static int remember_child(pid_t pid, int status_fd)
+{
+    if (n_children == cap_children) {
+        size_t cap = cap_children ? cap_children * 2 : 64;
+        child_t *c = realloc(children, cap * sizeof *c);
+        if (!c)
+            return -ENOMEM;
+        children = c;
+        cap_children = cap;
+    }
+    children[n_children++] = (child_t){pid, status_fd};
+    return 0;
+}
+
+/* In the new child: move the received fds to the numbers the client asked
+ * for, close everything else the helper had, and run the entry. */
+_Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn fn, int *fds,
+                                   pid_t server)
+{
+    int base = 3;
+    for (uint32_t i = 0; i < req->nfds; i++) {
+        if (req->fds[i] >= base)
+            base = req->fds[i] + 1;
+        if (fds[i] >= base)
+            base = fds[i] + 1;
+    }
+    /* Park above every source and target, so no dup2 below can clobber a
+     * fd still to be moved. */
+    int parked[MPROC__MAX_FDS];
+    for (uint32_t i = 0; i < req->nfds; i++)
+        if ((parked[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, base)) < 0)
+            mproc__child_fail(-errno);
+    mproc__close_fds_except(parked, req->nfds);
+    for (uint32_t i = 0; i < req->nfds; i++) {
+        if (dup2(parked[i], req->fds[i]) < 0) /* dup2 clears FD_CLOEXEC */
+            mproc__child_fail(-errno);
+        close(parked[i]);
+    }
+    mproc__reset_signals();
+    if ((req->flags & MPROC__F_DAEMON) && mproc__child_bind_to_parent(server) < 0)
+        mproc__child_fail(-ESRCH);
+    mproc__child_set_name(req->name);
+    mproc__child_run(fn, req->arg, (size_t)req->arglen);
+}
+
+static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t nfds)
+{
+    mproc_entry_fn fn = NULL;
+    int rc = 0;
+    if (nfds != req->nfds || !(req->flags & MPROC__F_HAS_ENTRY))
+        rc = MPROC_EPROTO;
+    if (rc == 0)
+        rc = mproc__entry_resolve(&req->entry, &fn);
+    int sp[2] = {-1, -1};
+    if (rc == 0 && pipe2(sp, O_CLOEXEC) < 0)
+        rc = -errno;
+    pid_t pid = -1;
+    if (rc == 0) {
+        sigset_t all, old;
+        sigfillset(&all);
+        sigprocmask(SIG_SETMASK, &all, &old);
+        pid_t server = getpid();
+        pid = fork();
+        if (pid == 0)
+            become_child(req, fn, fds, server);
+        if (pid < 0)
+            rc = -errno;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+    }
+    for (size_t i = 0; i < nfds; i++)
+        close(fds[i]);
+    if (rc < 0) {
+        if (sp[0] >= 0) {
+            close(sp[0]);
+            close(sp[1]);
+        }
+        mproc__reply_send(sock, rc, 0, NULL, 0);
+        return;
+    }
+    if (remember_child(pid, sp[1]) < 0)
+        close(sp[1]); /* the client will see the status as lost */
+    int out[2] = {sp[0], mproc__pidfd_open(pid)};
+    mproc__reply_send(sock, 0, pid, out, out[1] >= 0 ? 2 : 1);
+    close(out[0]);
+    if (out[1] >= 0)
+        close(out[1]);
+}
+
+static void serve_signal(int sock, const mproc__request_t *req)
+{
+    int rc = -ESRCH;
+    for (size_t i = 0; i < n_children; i++) {
+        if (children[i].pid == req->pid) {
+            /* Not reaped yet, so the pid is still this child's. */
+            rc = kill(req->pid, req->sig) < 0 ? -errno : 0;
+            break;
+        }
+    }
+    mproc__reply_send(sock, rc, 0, NULL, 0);
+}
+
+_Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
+{
+    mproc__child_set_name(boot->name);
+    if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        mproc__reply_send(sock, -errno, 0, NULL, 0);
+        mproc__child_fail(-errno);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    /* A client's dead status reader must not kill us; Ctrl-C in the
+     * terminal is for the client to handle, as Python's helper does. */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+
+    if (boot->flags & MPROC__F_HAS_ENTRY) {
+        mproc_entry_fn preload;
+        int rc = mproc__entry_resolve(&boot->entry, &preload);
+        if (rc == 0 && preload(boot->arg, (size_t)boot->arglen) != 0)
+            rc = MPROC_EBOOTSTRAP;
+        if (rc < 0) {
+            mproc__reply_send(sock, rc, 0, NULL, 0);
+            mproc__child_fail(rc);
+        }
+    }
+    mproc__reply_send(sock, 0, getpid(), NULL, 0);
+
+    for (;;) {
+        struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigchld_pipe[0], .events = POLLIN}};
+        if (poll(pfd, 2, -1) < 0)
+            continue; /* EINTR from SIGCHLD */
+        if (pfd[1].revents)
+            reap_children();
+        if (!pfd[0].revents)
+            continue;
+        void *buf;
+        size_t len, nfds;
+        int fds[MPROC__MAX_FDS];
+        /* A frame that starts must finish promptly; a client that stalls
+         * mid-frame is broken, and we leave as if it had closed. */
+        int rc = mproc__frame_recv(sock, MPROC__ARG_MAX + 65536, &buf, &len, fds,
+                                   MPROC__MAX_FDS, &nfds, 30000);
+        if (rc < 0)
+            break;
+        mproc__request_t req;
+        rc = mproc__request_decode(buf, len, &req);
+        if (rc == 0 && req.type == MPROC__REQ_FORK) {
+            serve_fork(sock, &req, fds, nfds);
+        } else {
+            for (size_t i = 0; i < nfds; i++)
+                close(fds[i]);
+            if (rc == 0 && req.type == MPROC__REQ_SIGNAL)
+                serve_signal(sock, &req);
+            else
+                mproc__reply_send(sock, rc < 0 ? rc : MPROC_EPROTO, 0, NULL, 0);
+        }
+        free(buf);
+    }
+    /* The client is gone. Children keep running; they are orphans now. */
+    _exit(0);
+}

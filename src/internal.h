@@ -1,0 +1,144 @@
+/*
+ * internal.h - declarations shared between the library's files. Nothing here
+ * is public API; names carry the mproc__ prefix.
+ *
+ * Layering (a file only calls files listed before it):
+ *   platform  errors  atfork  request  child  spawn  forkserver  process  init
+ */
+#ifndef MPROC_INTERNAL_H
+#define MPROC_INTERNAL_H
+
+#include "mproc.h"
+#include "platform.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MPROC__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- limits of what crosses a process boundary -------------------------- */
+#define MPROC__MAX_FDS 256          /* fds handed to one child             */
+#define MPROC__MAX_NAME 255         /* bytes of a process name             */
+#define MPROC__MAX_PATH 4096        /* bytes of a module path              */
+#define MPROC__MAX_BUILD_ID 64      /* bytes of a GNU build-id             */
+#define MPROC__ARG_MAX (64u << 20)  /* bytes of an entry argument          */
+
+/* ---- errors.c ----------------------------------------------------------- */
+void mproc__log(mproc_log_level_t level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- atfork.c ----------------------------------------------------------- */
+/* Bumped in every child of a fork (mproc's own or a raw fork()). */
+uint64_t mproc__fork_generation(void);
+/* Run fn in the child of every fork, in registration order (at most 16). */
+int mproc__atfork_child(void (*fn)(void));
+
+/* ---- request.c: what crosses to a child, and how it is framed ---------- */
+
+/* A function pointer as (module, offset): survives ASLR across exec. */
+typedef struct {
+    uint8_t is_main;                 /* the executable itself            */
+    uint8_t build_id_len;            /* 0: the module has no build-id    */
+    uint8_t build_id[MPROC__MAX_BUILD_ID];
+    const char *path;                /* module path ("" for the main)    */
+    uint64_t offset;                 /* from the module's load base      */
+    uint64_t dev, ino, mtime_ns;     /* file identity when no build-id   */
+} mproc__entry_ref_t;
+
+int mproc__entry_ref_of(mproc_entry_fn fn, mproc__entry_ref_t *ref);
+int mproc__entry_resolve(const mproc__entry_ref_t *ref, mproc_entry_fn *fn);
+
+enum {
+    MPROC__REQ_CHILD = 1,  /* spawn: run the entry                         */
+    MPROC__REQ_SERVER = 2, /* spawn: become the forkserver (entry=preload) */
+    MPROC__REQ_FORK = 3,   /* to the forkserver: fork a child              */
+    MPROC__REQ_SIGNAL = 4  /* to the forkserver: signal a child of yours   */
+};
+
+enum {
+    MPROC__F_DAEMON = 1u << 0,    /* die with the parent (PDEATHSIG)       */
+    MPROC__F_CLOSE_FDS = 1u << 1, /* child must close stray fds itself     */
+    MPROC__F_HAS_ENTRY = 1u << 2  /* the entry field is set                */
+};
+
+typedef struct {
+    uint32_t type;
+    uint32_t flags;
+    int32_t ppid;       /* the parent the child must still have           */
+    int32_t exit_fd;    /* fallback exit pipe's write end, or -1          */
+    int32_t pid, sig;   /* MPROC__REQ_SIGNAL                              */
+    mproc__entry_ref_t entry;
+    const char *name;
+    uint32_t nfds;
+    int32_t fds[MPROC__MAX_FDS]; /* fd numbers the child gets             */
+    const void *arg;
+    uint64_t arglen;
+} mproc__request_t;
+
+/* Encode into a malloc()ed buffer. */
+int mproc__request_encode(const mproc__request_t *r, void **buf, size_t *len);
+/* Decode and bounds-check; r's pointers point into buf. MPROC_EPROTO on any
+ * malformed input. */
+int mproc__request_decode(const void *buf, size_t len, mproc__request_t *r);
+
+/* A reply: an error code and a pid. */
+typedef struct {
+    int32_t err;
+    int32_t pid;
+} mproc__reply_t;
+
+/*
+ * Frames on a SOCK_STREAM Unix socket: a 4-byte length, the payload, and up
+ * to MPROC__MAX_FDS fds riding on the first byte. recv allocates the payload
+ * (at most max bytes), received fds are close-on-exec, and a frame that
+ * lies (too long, too many fds, cut short) is MPROC_EPROTO / -ECONNRESET.
+ */
+int mproc__frame_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds);
+int mproc__frame_recv(int sock, size_t max, void **buf, size_t *len, int *fds, size_t maxfds,
+                      size_t *nfds, int timeout_ms);
+int mproc__reply_send(int sock, int32_t err, int32_t pid, const int *fds, size_t nfds);
+int mproc__reply_recv(int sock, mproc__reply_t *reply, int *fds, size_t maxfds, size_t *nfds,
+                      int timeout_ms);
+
+/* ---- child.c: the child side, common to all start methods ------------- */
+/* Daemon: die with the parent; 0, or -ESRCH if the parent is already gone. */
+int mproc__child_bind_to_parent(pid_t parent);
+void mproc__child_set_name(const char *name);
+/* Run the entry, flush stdio, _exit with its result. */
+_Noreturn void mproc__child_run(mproc_entry_fn fn, const void *arg, size_t len);
+/* Leave a child without running its entry. */
+_Noreturn void mproc__child_fail(int code);
+
+/* ---- spawn.c ------------------------------------------------------------ */
+/*
+ * Start a fresh exec of this executable that receives req. The child gets
+ * fds 0-2, keep[0..nkeep) at the same numbers and the request socket; on
+ * success *pid, *pidfd (or -1) are set and, when sock is not NULL, the
+ * request socket stays open in *sock (the forkserver's line); otherwise the
+ * call waits for the child's acknowledgement that its entry resolved.
+ */
+int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pid, int *pidfd,
+                 int *sock);
+/* In mproc_init: 1 and the request if this process is a spawn child, 0 if
+ * not. The request socket is returned in *sock. */
+int mproc__spawn_receive(mproc__request_t *req, void **buf, int *sock);
+/* Non-zero if this is a spawned child whose main skipped mproc_init. */
+int mproc__spawn_uninitialised(void);
+/* argv[0] for spawned children, remembered by mproc_init. */
+void mproc__spawn_set_argv0(const char *argv0);
+
+/* ---- forkserver.c ------------------------------------------------------- */
+/* Ask the helper (started if needed) to fork a child running req. */
+int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, pid_t *pid,
+                           int *pidfd, int *status_fd);
+/* Signal a child of the helper when no pidfd is available. */
+int mproc__forkserver_signal(pid_t pid, int sig);
+/* The helper's loop (spawn child role SERVER); never returns. */
+_Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *req);
+
+/* ---- process.c ---------------------------------------------------------- */
+/* Fallback builds: a spawned child's own exit pipe (its children drop it). */
+void mproc__process_adopt_exit_fd(int fd);
+
+#endif

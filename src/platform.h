@@ -1,0 +1,68 @@
+/*
+ * platform.h - the thin OS facade. Everything kernel-specific (pidfd,
+ * close_range, /proc) lives behind these functions, each with a POSIX
+ * fallback. Building with MPROC_NO_FASTPATHS forces the fallbacks, so the
+ * whole suite can prove them.
+ *
+ * All functions return >= 0 on success and a negative errno on failure;
+ * none of them allocates unless it says so.
+ */
+#ifndef MPROC_PLATFORM_H
+#define MPROC_PLATFORM_H
+
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Milliseconds on the monotonic clock. */
+int64_t mproc__now_ms(void);
+
+/*
+ * Deadline arithmetic for timeouts in ms: a deadline of -1 means forever.
+ * mproc__remaining_ms() turns a deadline back into a poll() timeout.
+ */
+int64_t mproc__deadline(int timeout_ms);
+int mproc__remaining_ms(int64_t deadline);
+
+/* poll() one fd, EINTR-safe with the deadline kept: 1 ready, 0 timed out. */
+int mproc__poll1(int fd, short events, int timeout_ms, short *revents);
+
+/* Full reads and writes, EINTR-safe. read_full returns bytes read (short
+ * only at EOF), write_full 0. Writes on sockets never raise SIGPIPE. */
+ssize_t mproc__read_full(int fd, void *buf, size_t len);
+int mproc__write_full(int fd, const void *buf, size_t len);
+
+/* Set or clear FD_CLOEXEC. */
+int mproc__set_cloexec(int fd, int on);
+
+/* pidfd_open(2); -ENOSYS where the kernel or the build has no pidfds. */
+int mproc__pidfd_open(pid_t pid);
+/* pidfd_send_signal(2). */
+int mproc__pidfd_signal(int pidfd, int sig);
+/*
+ * Collect an exited child without blocking: through its pidfd when pidfd is
+ * >= 0, else by pid. Returns 1 and the Python-style exit code (status, or
+ * -signal) once collected, 0 if it is still running.
+ */
+int mproc__reap(pid_t pid, int pidfd, int block, int *exitcode);
+
+/* Threads in this process, or a negative errno when it cannot be told. */
+int mproc__thread_count(void);
+
+/*
+ * Close every fd >= 3 that is not in keep[0..n) (keep need not be sorted;
+ * it is sorted in place). close_range on the gaps where the kernel has it,
+ * otherwise a walk bounded by the fd table. Safe after fork in a
+ * single-threaded child.
+ */
+int mproc__close_fds_except(int *keep, size_t n);
+
+/* Child side of every start method: all signals to SIG_DFL, none blocked. */
+void mproc__reset_signals(void);
+
+/* Path that re-executes this very program (spawn). */
+const char *mproc__self_exe(void);
+
+#endif

@@ -1,0 +1,590 @@
+/*
+ * process.c - mproc_process: create, start under one of three methods,
+ * join, signal, free; the registry of live children that the parent joins
+ * (or kills, for daemons) when it exits normally.
+ *
+ * How a child's exit is observed:
+ *   fork, spawn   pidfd (poll + waitid P_PIDFD); fallback: an exit pipe
+ *                 whose only write end the child holds, then waitpid.
+ *   forkserver    the helper's status pipe (it reaps the child and writes
+ *                 the code); the pidfd it passed tells exit where it exists.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { CREATED, RUNNING, EXITED } state_t;
+
+struct mproc_process {
+    pthread_mutex_t lock; /* state, collection; never held while waiting */
+    mproc_entry_fn entry;
+    void *arg;
+    size_t len;
+    char *name;
+    mproc_start_method_t method; /* resolved at start */
+    int daemon;
+    int fds[MPROC__MAX_FDS];
+    size_t nfds;
+
+    state_t state;
+    pid_t owner; /* the process that started it */
+    pid_t pid;
+    int pidfd;   /* -1 when the kernel or build has none */
+    int exit_fd; /* fallback exit pipe, or forkserver status pipe; or -1 */
+    int exitcode;
+    int status_err; /* MPROC_ESTATUS when the forkserver lost it */
+
+    struct mproc_process *next, *prev; /* registry, while RUNNING */
+};
+
+static _Atomic int default_method = MPROC_START_FORKSERVER;
+static _Atomic int fork_policy = MPROC_FORK_WARN;
+
+/* Live children started by this process, for the exit-time join. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static mproc_process_t *registry;
+static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+
+/* Fallback only: the write end of our own exit pipe, which our children
+ * must not keep (it would hide our exit from our parent). */
+static int self_exit_fd = -1;
+
+static int valid_method(int m)
+{
+    return m >= MPROC_START_DEFAULT && m <= MPROC_START_FORKSERVER;
+}
+
+int mproc_set_start_method(mproc_start_method_t method)
+{
+    if (!valid_method(method) || method == MPROC_START_DEFAULT)
+        return -EINVAL;
+    atomic_store(&default_method, method);
+    return 0;
+}
+
+mproc_start_method_t mproc_get_start_method(void)
+{
+    return (mproc_start_method_t)atomic_load(&default_method);
+}
+
+int mproc_set_fork_policy(mproc_fork_policy_t policy)
+{
+    if ((int)policy < MPROC_FORK_WARN || policy > MPROC_FORK_REFUSE)
+        return -EINVAL;
+    atomic_store(&fork_policy, policy);
+    return 0;
+}
+
+mproc_fork_policy_t mproc_get_fork_policy(void)
+{
+    return (mproc_fork_policy_t)atomic_load(&fork_policy);
+}
+
+static int have_pidfd(void)
+{
+    static _Atomic int known; /* 0 unknown, 1 yes, 2 no */
+    int k = atomic_load(&known);
+    if (!k) {
+        int fd = mproc__pidfd_open(getpid());
+        k = fd >= 0 ? 1 : 2;
+        if (fd >= 0)
+            close(fd);
+        atomic_store(&known, k);
+    }
+    return k == 1;
+}
+
+/* ---- registry and exit-time cleanup ---------------------------------------- */
+
+static void registry_add(mproc_process_t *p)
+{
+    pthread_mutex_lock(&registry_lock);
+    p->prev = NULL;
+    p->next = registry;
+    if (registry)
+        registry->prev = p;
+    registry = p;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_remove(mproc_process_t *p)
+{
+    pthread_mutex_lock(&registry_lock);
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (registry == p)
+        registry = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static pid_t registry_owner;
+
+/* At normal exit, as Python does: daemons are killed, the others joined.
+ * A raw-forked child that calls exit() owns none of them and skips this. */
+static void exit_cleanup(void)
+{
+    if (registry_owner != getpid())
+        return;
+    for (;;) {
+        pthread_mutex_lock(&registry_lock);
+        mproc_process_t *p = registry;
+        pthread_mutex_unlock(&registry_lock);
+        if (!p)
+            break;
+        if (p->daemon)
+            mproc_process_kill(p);
+        if (mproc_process_join(p, MPROC_FOREVER) < 0)
+            registry_remove(p); /* cannot happen; never loop forever */
+    }
+    mproc_forkserver_stop();
+}
+
+/* In a forked child the parent's children are not ours. */
+static void registry_after_fork_child(void)
+{
+    pthread_mutex_init(&registry_lock, NULL);
+    registry = NULL;
+}
+
+static void registry_install(void)
+{
+    registry_owner = getpid();
+    atexit(exit_cleanup);
+    mproc__atfork_child(registry_after_fork_child);
+}
+
+/* ---- create ---------------------------------------------------------------- */
+
+int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void *arg, size_t len,
+                         const mproc_process_opts_t *opts)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (!entry || (len && !arg))
+        return -EINVAL;
+    if (len > MPROC__ARG_MAX)
+        return -E2BIG;
+    const char *name = opts && opts->name ? opts->name : "mproc-child";
+    int method = opts ? (int)opts->method : MPROC_START_DEFAULT;
+    if (!valid_method(method) || strlen(name) > MPROC__MAX_NAME)
+        return -EINVAL;
+
+    mproc_process_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->name = strdup(name);
+    p->arg = len ? malloc(len) : NULL;
+    if (!p->name || (len && !p->arg)) {
+        free(p->name);
+        free(p->arg);
+        free(p);
+        return -ENOMEM;
+    }
+    if (len)
+        memcpy(p->arg, arg, len);
+    pthread_mutex_init(&p->lock, NULL);
+    p->entry = entry;
+    p->len = len;
+    p->method = (mproc_start_method_t)method;
+    p->daemon = opts ? opts->daemon != 0 : 0;
+    p->pidfd = p->exit_fd = -1;
+    *out = p;
+    return 0;
+}
+
+int mproc_process_pass_fd(mproc_process_t *p, int fd)
+{
+    if (!p || fd < 0)
+        return -EINVAL;
+    if (fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    pthread_mutex_lock(&p->lock);
+    int rc = 0;
+    if (p->state != CREATED)
+        rc = MPROC_ESTATE;
+    for (size_t i = 0; rc == 0 && i < p->nfds; i++)
+        if (p->fds[i] == fd)
+            goto out; /* already handed over */
+    if (rc == 0 && p->nfds == MPROC__MAX_FDS)
+        rc = -E2BIG;
+    if (rc == 0)
+        p->fds[p->nfds++] = fd;
+out:
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* ---- the three start methods ----------------------------------------------- */
+
+static int start_fork(mproc_process_t *p)
+{
+    int threads = mproc__thread_count();
+    if (threads > 1) {
+        int policy = atomic_load(&fork_policy);
+        if (policy == MPROC_FORK_REFUSE)
+            return MPROC_ETHREADS;
+        if (policy == MPROC_FORK_WARN)
+            mproc__log(MPROC_LOG_WARN,
+                       "fork of '%s' from a process with %d threads: locks held by the other "
+                       "threads stay locked in the child; use spawn or forkserver",
+                       p->name, threads);
+    }
+    int ep[2] = {-1, -1};
+    if (!have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
+        return -errno;
+
+    /* P13: what stdio holds now would otherwise be written by both. */
+    fflush(NULL);
+    /* Block everything across fork: the child must not run the parent's
+     * handlers before it has reset them. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        mproc__reset_signals();
+        if (p->daemon && mproc__child_bind_to_parent(parent) < 0)
+            mproc__child_fail(-ESRCH);
+        if (ep[1] >= 0) {
+            if (self_exit_fd >= 0)
+                close(self_exit_fd);
+            self_exit_fd = ep[1];
+            close(ep[0]);
+        }
+        mproc__child_set_name(p->name);
+        mproc__child_run(p->entry, p->arg, p->len);
+    }
+    int err = pid < 0 ? -errno : 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (ep[1] >= 0)
+        close(ep[1]);
+    if (err < 0) {
+        if (ep[0] >= 0)
+            close(ep[0]);
+        return err;
+    }
+    p->pid = pid;
+    p->exit_fd = ep[0];
+    if (have_pidfd())
+        p->pidfd = mproc__pidfd_open(pid); /* race-free: not reaped yet */
+    if (p->pidfd < 0 && p->exit_fd < 0) {
+        /* pidfd vanished under us (cannot happen on one kernel): the
+         * child exists, so wait for it the plain way rather than lose it. */
+        p->pidfd = -1;
+    }
+    return 0;
+}
+
+static void fill_request(mproc_process_t *p, mproc__request_t *req, uint32_t type)
+{
+    memset(req, 0, sizeof *req);
+    req->type = type;
+    req->flags = MPROC__F_HAS_ENTRY | (p->daemon ? MPROC__F_DAEMON : 0);
+    req->exit_fd = -1;
+    req->name = p->name;
+    req->nfds = (uint32_t)p->nfds;
+    for (size_t i = 0; i < p->nfds; i++)
+        req->fds[i] = p->fds[i];
+    req->arg = p->arg;
+    req->arglen = p->len;
+}
+
+static int start_spawn(mproc_process_t *p)
+{
+    mproc__request_t req;
+    fill_request(p, &req, MPROC__REQ_CHILD);
+    int rc = mproc__entry_ref_of(p->entry, &req.entry);
+    if (rc < 0)
+        return rc;
+    int keep[MPROC__MAX_FDS + 1];
+    size_t nkeep = p->nfds;
+    memcpy(keep, p->fds, p->nfds * sizeof keep[0]);
+    int ep[2] = {-1, -1};
+    if (!have_pidfd()) {
+        if (pipe2(ep, O_CLOEXEC) < 0)
+            return -errno;
+        keep[nkeep++] = req.exit_fd = ep[1];
+    }
+    rc = mproc__spawn(&req, keep, nkeep, &p->pid, &p->pidfd, NULL);
+    if (ep[1] >= 0)
+        close(ep[1]);
+    if (rc < 0) {
+        if (ep[0] >= 0)
+            close(ep[0]);
+        return rc;
+    }
+    p->exit_fd = ep[0];
+    return 0;
+}
+
+static int start_forkserver(mproc_process_t *p)
+{
+    mproc__request_t req;
+    fill_request(p, &req, MPROC__REQ_FORK);
+    int rc = mproc__entry_ref_of(p->entry, &req.entry);
+    if (rc < 0)
+        return rc;
+    return mproc__forkserver_fork(&req, p->fds, p->nfds, &p->pid, &p->pidfd, &p->exit_fd);
+}
+
+int mproc_process_start(mproc_process_t *p)
+{
+    if (!p)
+        return -EINVAL;
+    if (mproc__spawn_uninitialised())
+        return MPROC_ENOINIT;
+    pthread_once(&registry_once, registry_install);
+    pthread_mutex_lock(&p->lock);
+    int rc = 0;
+    if (p->state != CREATED)
+        rc = MPROC_ESTATE;
+    for (size_t i = 0; rc == 0 && i < p->nfds; i++)
+        if (fcntl(p->fds[i], F_GETFD) < 0)
+            rc = -EBADF; /* closed since pass_fd */
+    if (rc == 0) {
+        if (p->method == MPROC_START_DEFAULT)
+            p->method = mproc_get_start_method();
+        switch (p->method) {
+        case MPROC_START_FORK:
+            rc = start_fork(p);
+            break;
+        case MPROC_START_SPAWN:
+            rc = start_spawn(p);
+            break;
+        default:
+            rc = start_forkserver(p);
+            break;
+        }
+    }
+    if (rc == 0) {
+        p->state = RUNNING;
+        p->owner = getpid();
+        registry_add(p);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* ---- waiting and collecting ------------------------------------------------ */
+
+/* 1 once the child has exited (its status may still be on its way from
+ * the forkserver), 0 on timeout. Called without p->lock. */
+static int wait_exit(mproc_process_t *p, int timeout_ms)
+{
+    int fd = p->method == MPROC_START_FORKSERVER ? p->exit_fd
+             : p->pidfd >= 0                    ? p->pidfd
+                                                : p->exit_fd;
+    int rc = mproc__poll1(fd, POLLIN, timeout_ms, NULL);
+    if (rc == 0 && p->method == MPROC_START_FORKSERVER && p->pidfd >= 0)
+        /* The child may be gone while the helper has not written yet (the
+         * caller saw the pidfd fire): the status is then moments away. */
+        rc = mproc__poll1(p->pidfd, POLLIN, 0, NULL);
+    return rc;
+}
+
+/* With p->lock held, after wait_exit said the child is gone. */
+static int collect_locked(mproc_process_t *p)
+{
+    if (p->state == EXITED)
+        return 0;
+    int code = 0, rc;
+    if (p->method == MPROC_START_FORKSERVER) {
+        int32_t status;
+        /* Bounded: the helper writes right after it reaps, or dies. */
+        rc = mproc__poll1(p->exit_fd, POLLIN, 5000, NULL);
+        ssize_t n = rc > 0 ? mproc__read_full(p->exit_fd, &status, sizeof status) : 0;
+        if (n == (ssize_t)sizeof status) {
+            code = status;
+        } else {
+            /* The helper died without a word. Wait for the child itself
+             * where a pidfd lets us; otherwise report at once. */
+            if (p->pidfd >= 0 && mproc__poll1(p->pidfd, POLLIN, 0, NULL) == 0)
+                return 0;
+            p->status_err = MPROC_ESTATUS;
+        }
+    } else {
+        /* Fallback: the exit pipe closed, so the child is exiting now;
+         * the blocking wait is only for the last steps of its exit. */
+        rc = mproc__reap(p->pid, p->pidfd, p->pidfd < 0, &code);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return 0;
+    }
+    p->exitcode = code;
+    p->state = EXITED;
+    registry_remove(p);
+    return 1;
+}
+
+int mproc_process_join(mproc_process_t *p, int timeout_ms)
+{
+    if (!p || timeout_ms < -1)
+        return -EINVAL;
+    int64_t deadline = mproc__deadline(timeout_ms);
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        int rc = p->state == CREATED        ? MPROC_ESTATE
+                 : p->owner != getpid()     ? -ECHILD
+                 : p->state == EXITED       ? 1
+                                            : 0;
+        pthread_mutex_unlock(&p->lock);
+        if (rc)
+            return rc < 0 ? rc : 0;
+        rc = wait_exit(p, mproc__remaining_ms(deadline));
+        if (rc < 0)
+            return rc;
+        if (rc > 0) {
+            pthread_mutex_lock(&p->lock);
+            rc = collect_locked(p);
+            pthread_mutex_unlock(&p->lock);
+            if (rc < 0)
+                return rc;
+            if (rc > 0 || p->state == EXITED)
+                return 0;
+            /* Helper gone, child still running: wait on the pidfd now. */
+            if (p->pidfd >= 0 && p->method == MPROC_START_FORKSERVER) {
+                int w = mproc__poll1(p->pidfd, POLLIN, mproc__remaining_ms(deadline), NULL);
+                if (w < 0)
+                    return w;
+                if (w == 0)
+                    return -ETIMEDOUT;
+                continue;
+            }
+        }
+        if (mproc__remaining_ms(deadline) == 0)
+            return -ETIMEDOUT;
+    }
+}
+
+int mproc_process_is_alive(mproc_process_t *p)
+{
+    if (!p)
+        return -EINVAL;
+    pthread_mutex_lock(&p->lock);
+    int created = p->state == CREATED;
+    pthread_mutex_unlock(&p->lock);
+    if (created)
+        return 0;
+    int rc = mproc_process_join(p, 0);
+    return rc == -ETIMEDOUT ? 1 : rc == 0 ? 0 : rc;
+}
+
+int mproc_process_exitcode(mproc_process_t *p, int *code)
+{
+    if (!p || !code)
+        return -EINVAL;
+    int rc = mproc_process_join(p, 0);
+    if (rc == -ETIMEDOUT)
+        return -EBUSY;
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&p->lock);
+    rc = p->status_err;
+    if (rc == 0)
+        *code = p->exitcode;
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* ---- signals and accessors ------------------------------------------------- */
+
+int mproc_process_signal(mproc_process_t *p, int sig)
+{
+    if (!p || sig < 0 || sig >= NSIG)
+        return -EINVAL;
+    pthread_mutex_lock(&p->lock);
+    int rc;
+    if (p->state == CREATED)
+        rc = MPROC_ESTATE;
+    else if (p->owner != getpid())
+        rc = -ECHILD;
+    else if (p->state == EXITED)
+        rc = -ESRCH;
+    else if (p->pidfd >= 0)
+        rc = mproc__pidfd_signal(p->pidfd, sig);
+    else if (p->method == MPROC_START_FORKSERVER)
+        rc = mproc__forkserver_signal(p->pid, sig); /* the helper owns the pid */
+    else
+        rc = kill(p->pid, sig) < 0 ? -errno : 0; /* unreaped: still ours */
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+int mproc_process_terminate(mproc_process_t *p)
+{
+    return mproc_process_signal(p, SIGTERM);
+}
+
+int mproc_process_kill(mproc_process_t *p)
+{
+    return mproc_process_signal(p, SIGKILL);
+}
+
+pid_t mproc_process_pid(const mproc_process_t *p)
+{
+    return p ? p->pid : 0;
+}
+
+const char *mproc_process_name(const mproc_process_t *p)
+{
+    return p ? p->name : NULL;
+}
+
+int mproc_process_is_daemon(const mproc_process_t *p)
+{
+    return p ? p->daemon : -EINVAL;
+}
+
+mproc_start_method_t mproc_process_method(const mproc_process_t *p)
+{
+    return p ? p->method : MPROC_START_DEFAULT;
+}
+
+int mproc_process_fd(const mproc_process_t *p)
+{
+    if (!p)
+        return -EINVAL;
+    if (p->state == CREATED)
+        return MPROC_ESTATE;
+    return p->pidfd >= 0 ? p->pidfd : p->exit_fd;
+}
+
+int mproc_process_free(mproc_process_t *p)
+{
+    if (!p)
+        return 0;
+    /* A copy inherited through fork is not ours to wait for: just drop it. */
+    int mine = p->state != CREATED && p->owner == getpid();
+    if (mine && p->state == RUNNING && mproc_process_join(p, 0) == -ETIMEDOUT)
+        return -EBUSY;
+    if (mine && p->state == RUNNING)
+        registry_remove(p); /* collection failed oddly: do not leave a dangling entry */
+    if (p->pidfd >= 0)
+        close(p->pidfd);
+    if (p->exit_fd >= 0)
+        close(p->exit_fd);
+    pthread_mutex_destroy(&p->lock);
+    free(p->name);
+    free(p->arg);
+    free(p);
+    return 0;
+}
+
+void mproc__process_adopt_exit_fd(int fd)
+{
+    self_exit_fd = fd;
+}
