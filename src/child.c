@@ -40,9 +40,20 @@ void mproc__child_set_name(const char *name)
 #endif
 }
 
+/* What a child runs after its entry, before _exit: set by higher layers
+ * (the process registry joins the child's own children, as at exit()). */
+static void (*exit_hook)(void);
+
+void mproc__child_set_exit_hook(void (*fn)(void))
+{
+    exit_hook = fn;
+}
+
 _Noreturn void mproc__child_run(mproc_entry_fn fn, const void *arg, size_t len)
 {
     int rc = fn(len ? arg : NULL, len);
+    if (exit_hook)
+        exit_hook();
     /* The child's own buffered output is real output: flush it, then skip
      * atexit (those handlers belong to the parent's program). */
     fflush(NULL);

@@ -105,7 +105,9 @@ int mproc__reply_recv(int sock, mproc__reply_t *reply, int *fds, size_t maxfds, 
 /* Daemon: die with the parent; 0, or -ESRCH if the parent is already gone. */
 int mproc__child_bind_to_parent(pid_t parent);
 void mproc__child_set_name(const char *name);
-/* Run the entry, flush stdio, _exit with its result. */
+/* Called after the entry returns, before _exit. */
+void mproc__child_set_exit_hook(void (*fn)(void));
+/* Run the entry, the exit hook, flush stdio, _exit with its result. */
 _Noreturn void mproc__child_run(mproc_entry_fn fn, const void *arg, size_t len);
 /* Leave a child without running its entry. */
 _Noreturn void mproc__child_fail(int code);

@@ -155,12 +155,15 @@ static void registry_after_fork_child(void)
 {
     pthread_mutex_init(&registry_lock, NULL);
     registry = NULL;
+    registry_owner = getpid();
 }
 
 static void registry_install(void)
 {
     registry_owner = getpid();
     atexit(exit_cleanup);
+    /* A child leaves through _exit, not exit: it cleans up the same way. */
+    mproc__child_set_exit_hook(exit_cleanup);
     mproc__atfork_child(registry_after_fork_child);
 }
 

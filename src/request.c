@@ -169,7 +169,7 @@ typedef struct {
 
 static void put(wbuf_t *w, const void *src, size_t n)
 {
-    if (w->err)
+    if (w->err || n == 0)
         return;
     if (w->len + n > w->cap) {
         size_t cap = w->cap ? w->cap : 256;
