@@ -31,8 +31,12 @@ void mproc__child_set_name(const char *name)
 {
 #ifdef __linux__
     if (name && *name) {
+        /* By hand, not snprintf: a fork child pays a page fault for every
+         * stack page it touches first. */
         char comm[16];
-        snprintf(comm, sizeof comm, "%s", name);
+        size_t n = strnlen(name, sizeof comm - 1);
+        memcpy(comm, name, n);
+        comm[n] = '\0';
         prctl(PR_SET_NAME, comm);
     }
 #else

@@ -28,7 +28,7 @@
 /* ---- client ---------------------------------------------------------------- */
 
 static pthread_mutex_t fs_lock = PTHREAD_MUTEX_INITIALIZER;
-static pid_t fs_pid;      /* 0: not running */
+static pid_t fs_pid; /* 0: not running; written under fs_lock, read atomically */
 static int fs_pidfd = -1;
 static int fs_sock = -1;
 static mproc_entry_fn fs_preload;
@@ -46,7 +46,7 @@ static void fs_after_fork_child(void)
     if (fs_pidfd >= 0)
         close(fs_pidfd);
     fs_sock = fs_pidfd = -1;
-    fs_pid = 0;
+    __atomic_store_n(&fs_pid, 0, __ATOMIC_RELEASE);
 }
 
 static void fs_install(void)
@@ -76,7 +76,7 @@ static void fs_discard_locked(int kill_it)
     if (fs_pidfd >= 0)
         close(fs_pidfd);
     fs_pidfd = -1;
-    fs_pid = 0;
+    __atomic_store_n(&fs_pid, 0, __ATOMIC_RELEASE);
 }
 
 /* The helper never speaks first: a readable or hung-up socket between
@@ -112,7 +112,7 @@ static int fs_start_locked(void)
     int rc = mproc__spawn(&req, NULL, 0, &pid, &pidfd, &sock);
     if (rc < 0)
         return rc;
-    fs_pid = pid;
+    __atomic_store_n(&fs_pid, pid, __ATOMIC_RELEASE);
     fs_pidfd = pidfd;
     fs_sock = sock;
     return 0;
@@ -157,10 +157,7 @@ int mproc_forkserver_stop(void)
 
 pid_t mproc_forkserver_pid(void)
 {
-    pthread_mutex_lock(&fs_lock);
-    pid_t pid = fs_pid;
-    pthread_mutex_unlock(&fs_lock);
-    return pid;
+    return __atomic_load_n(&fs_pid, __ATOMIC_ACQUIRE);
 }
 
 /* One request, one reply. Any failure of the line itself means the helper

@@ -136,6 +136,11 @@ static void exit_cleanup(void)
 {
     if (registry_owner != getpid())
         return;
+    pthread_mutex_lock(&registry_lock);
+    int idle = registry == NULL;
+    pthread_mutex_unlock(&registry_lock);
+    if (idle && !mproc_forkserver_pid())
+        return; /* the common child: nothing to wait for */
     for (;;) {
         pthread_mutex_lock(&registry_lock);
         mproc_process_t *p = registry;

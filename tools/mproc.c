@@ -1,0 +1,69 @@
+/*
+ * mproc.c - the mproc command-line tool.
+ *
+ * For now a thin shell: it reports its version and its usage. The
+ * supervisor commands (run, clean) arrive with supervisor.c.
+ *
+ * Exit status: 0 on success, 2 on a usage error.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "mproc.h"
+
+static void usage(FILE *out)
+{
+    fputs("usage: mproc <command> [args...]\n"
+          "\n"
+          "commands:\n"
+          "  version    print the version of mproc (also: --version)\n"
+          "  help       print this message (also: --help, -h)\n",
+          out);
+}
+
+/* 0, or 1 if stdout could not be written (mproc version >/dev/full). */
+static int flush_stdout(void)
+{
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        perror("mproc: stdout");
+        return 1;
+    }
+    return 0;
+}
+
+static int is_any(const char *s, const char *a, const char *b, const char *c)
+{
+    return strcmp(s, a) == 0 || (b && strcmp(s, b) == 0) || (c && strcmp(s, c) == 0);
+}
+
+int main(int argc, char **argv)
+{
+    int rc = mproc_init(&argc, &argv);
+    if (rc < 0) {
+        fprintf(stderr, "mproc: initialisation failed: %s\n", mproc_strerror(rc));
+        return 1;
+    }
+
+    if (argc < 2) {
+        usage(stdout);
+        return flush_stdout();
+    }
+
+    const char *cmd = argv[1];
+    if (is_any(cmd, "version", "--version", NULL)) {
+        if (argc > 2) {
+            fprintf(stderr, "mproc: %s takes no arguments\n", cmd);
+            return 2;
+        }
+        printf("mproc %s\n", mproc_version());
+        return flush_stdout();
+    }
+    if (is_any(cmd, "help", "--help", "-h")) {
+        usage(stdout);
+        return flush_stdout();
+    }
+
+    fprintf(stderr, "mproc: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
