@@ -1,0 +1,524 @@
+#!/usr/bin/env python3
+"""Run mproc's benchmarks and print one table.
+
+    python3 bench/run.py --build-dir build [--quick] [--filter start]
+
+Every figure is measured for mproc, for Python's multiprocessing doing the
+same work, and for the raw OS floor (the same operation written directly
+against the kernel), all in this one run. Each program runs several times,
+the implementations interleaved so that the machine's noise hits them alike;
+a cell is the median of the programs' medians. The table goes to stdout and,
+as markdown, to <build-dir>/bench.md. Progress goes to stderr.
+
+A figure is one entry of FIGURES below: add a row by giving its mproc,
+Python and raw commands and, if it has any, its targets.
+
+Exit status: 0 when every program ran (whatever the targets say: benchmarks
+are not tests), 1 when a program failed or a program could not be found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+IMPLS = ("mproc", "python", "raw")
+IMPL_TITLES = {"mproc": "mproc", "python": "Python", "raw": "raw floor"}
+
+# A program may not take longer than this (seconds) before it counts as failed.
+PROGRAM_TIMEOUT = 600
+
+
+# --------------------------------------------------------------------------
+# Figure definitions
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One implementation of a figure.
+
+    argv is a template: "{bench_bin}" is the directory of the C programs,
+    "{python}" the interpreter for the Python side, "{bench_src}" this
+    directory, "{n}" the iteration count (n, or n_quick under --quick).
+    The program prints one line of key=value pairs; the figure's metric key
+    is read from it.
+    """
+
+    argv: Tuple[str, ...]
+    n: int
+    n_quick: int
+
+
+# Results of a whole run: figure key -> implementation -> median of medians.
+Results = Dict[str, Dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal checked against the results.
+
+    value(results) gives the measured ratio (None when a figure it needs
+    did not run); the target passes when it is <= limit (at_least False) or
+    >= limit (at_least True).
+    """
+
+    label: str
+    value: Callable[[Results], Optional[float]]
+    limit: float
+    at_least: bool = False
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str  # unique, dotted: "<group>.<...>"; --filter matches it and title
+    title: str
+    mproc: Optional[Command]
+    python: Optional[Command]
+    raw: Optional[Command]
+    targets: Tuple[Target, ...] = ()
+    metric: str = "median_us"  # key read from the program's output line
+    unit: str = "µs"
+    lower_is_better: bool = True  # latency: True; throughput: False
+
+    def command(self, impl: str) -> Optional[Command]:
+        return getattr(self, impl)
+
+
+def figures_by_key() -> Dict[str, Figure]:
+    return {f.key: f for f in FIGURES}
+
+
+def cost_ratio(key_a: str, impl_a: str, key_b: str, impl_b: str):
+    """How many times a costs b: a/b for latencies, b/a for throughputs."""
+
+    def value(results: Results) -> Optional[float]:
+        a = results.get(key_a, {}).get(impl_a)
+        b = results.get(key_b, {}).get(impl_b)
+        if a is None or b is None or a <= 0 or b <= 0:
+            return None
+        fig = figures_by_key()[key_a]
+        return a / b if fig.lower_is_better else b / a
+
+    return value
+
+
+# ---- start+join ------------------------------------------------------------
+
+BIG_PARENT_MIB = 1024
+
+# Iterations per program run (full, quick), sized for a 2-core noisy VM: a
+# 1 GiB parent forks in ~40 ms, a Python spawn takes ~40-60 ms.
+START_ITERATIONS = {
+    # (method, big parent): {impl: (n, n_quick)}
+    ("fork", False): {"mproc": (1000, 300), "python": (200, 60), "raw": (1000, 300)},
+    ("fork", True): {"mproc": (20, 10), "python": (20, 10), "raw": (20, 10)},
+    ("spawn", False): {"mproc": (500, 150), "python": (25, 8), "raw": (500, 150)},
+    ("spawn", True): {"mproc": (100, 30), "python": (15, 5), "raw": (100, 30)},
+    ("forkserver", False): {"mproc": (1000, 300), "python": (100, 30), "raw": (1000, 300)},
+    ("forkserver", True): {"mproc": (200, 60), "python": (50, 15), "raw": (200, 60)},
+}
+
+
+def size_label(mib: int) -> str:
+    return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+
+
+def start_key(method: str, big: bool) -> str:
+    return f"start.{method}.{'big' if big else 'small'}"
+
+
+def start_figure(method: str, big: bool, targets: Sequence[Target] = ()) -> Figure:
+    rss = ("--rss-mib", str(BIG_PARENT_MIB)) if big else ()
+    n = START_ITERATIONS[(method, big)]
+    bench = "{bench_bin}/bench_start"
+    return Figure(
+        key=start_key(method, big),
+        title=f"start+join {method}, {size_label(BIG_PARENT_MIB) if big else 'small'} parent",
+        mproc=Command((bench, f"mproc-{method}", "{n}") + rss, *n["mproc"]),
+        python=Command(("{python}", "{bench_src}/py_start.py", method, "{n}") + rss, *n["python"]),
+        raw=Command((bench, f"raw-{method}", "{n}") + rss, *n["raw"]),
+        targets=tuple(targets),
+    )
+
+
+def start_figures() -> List[Figure]:
+    fork_s, spawn_s = start_key("fork", False), start_key("spawn", False)
+    fs_s, fs_b = start_key("forkserver", False), start_key("forkserver", True)
+
+    def vs_raw(key: str, limit: float, what: str) -> Target:
+        return Target(f"mproc ≤{limit:g}× {what}", cost_ratio(key, "mproc", key, "raw"), limit)
+
+    def py_speedup(key: str, limit: float) -> Target:
+        return Target(
+            f"Python/mproc ≥{limit:g}×", cost_ratio(key, "python", key, "mproc"), limit, True
+        )
+
+    return [
+        start_figure("fork", False, [vs_raw(fork_s, 1.3, "raw fork"), py_speedup(fork_s, 10)]),
+        start_figure("fork", True, [vs_raw(start_key("fork", True), 1.3, "raw fork")]),
+        start_figure(
+            "spawn", False, [vs_raw(spawn_s, 1.5, "raw posix_spawn"), py_speedup(spawn_s, 50)]
+        ),
+        start_figure("spawn", True),
+        start_figure(
+            "forkserver",
+            False,
+            [
+                Target("mproc ≤2× raw fork", cost_ratio(fs_s, "mproc", fork_s, "raw"), 2.0),
+                py_speedup(fs_s, 20),
+            ],
+        ),
+        start_figure(
+            "forkserver",
+            True,
+            [Target("mproc ≤1.2× its small parent", cost_ratio(fs_b, "mproc", fs_s, "mproc"), 1.2)],
+        ),
+    ]
+
+
+# Every figure, in table order. Later figures (lock, queue, pool) go here.
+FIGURES: List[Figure] = start_figures()
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """All runs of one implementation of one figure."""
+
+    medians: List[float] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+
+    def value(self) -> Optional[float]:
+        return statistics.median(self.medians) if self.medians else None
+
+
+class ProgramError(Exception):
+    pass
+
+
+def parse_output(stdout: str) -> Dict[str, str]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        raise ProgramError("no output")
+    fields = {}
+    for word in lines[-1].split():
+        k, sep, v = word.partition("=")
+        if not sep:
+            raise ProgramError(f"malformed output line: {lines[-1]!r}")
+        fields[k] = v
+    return fields
+
+
+def run_program(argv: List[str], metric: str, n: int) -> float:
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=PROGRAM_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ProgramError(str(e)) from e
+    if proc.returncode != 0:
+        why = proc.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        status = (
+            f"killed by signal {-proc.returncode}"
+            if proc.returncode < 0
+            else f"exit status {proc.returncode}"
+        )
+        raise ProgramError(f"{status}: {why[0]}")
+    fields = parse_output(proc.stdout)
+    try:
+        value = float(fields[metric])
+        got_n = int(fields.get("n", n))
+    except (KeyError, ValueError) as e:
+        raise ProgramError(f"no valid {metric} in {proc.stdout.strip()!r}") from e
+    if got_n != n:
+        raise ProgramError(f"ran {got_n} iterations, asked {n}")
+    return value
+
+
+def expand(cmd: Command, quick: bool, paths: Dict[str, str]) -> Tuple[List[str], int]:
+    n = cmd.n_quick if quick else cmd.n
+    return [arg.format(n=n, **paths) for arg in cmd.argv], n
+
+
+def run_all(
+    figures: List[Figure], reps: int, quick: bool, paths: Dict[str, str]
+) -> Dict[str, Dict[str, Cell]]:
+    cells = {f.key: {impl: Cell() for impl in IMPLS if f.command(impl)} for f in figures}
+    for rep in range(reps):
+        for fig in figures:
+            impls = [impl for impl in IMPLS if fig.command(impl)]
+            # Rotate the order each repetition: no implementation always runs
+            # first (cold) or right after a particular other one.
+            k = rep % len(impls)
+            for impl in impls[k:] + impls[:k]:
+                argv, n = expand(fig.command(impl), quick, paths)
+                cell = cells[fig.key][impl]
+                try:
+                    v = run_program(argv, fig.metric, n)
+                    cell.medians.append(v)
+                    note = f"{v:.1f} {fig.unit}"
+                except ProgramError as e:
+                    cell.errors.append(str(e))
+                    note = f"FAILED: {e}"
+                print(
+                    f"[{rep + 1}/{reps}] {fig.key:<24} {impl:<7} {note}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return cells
+
+
+# --------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------
+
+
+def fmt_value(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def fmt_ratio(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f}×" if v < 10 else f"{v:.0f}×"
+
+
+def fmt_target(t: Target, results: Results) -> str:
+    v = t.value(results)
+    if v is None:
+        return f"{t.label}: n/a"
+    ok = v >= t.limit if t.at_least else v <= t.limit
+    return f"{t.label}: {'PASS' if ok else 'MISS'} ({fmt_ratio(v)})"
+
+
+def build_rows(
+    figures: List[Figure], cells: Dict[str, Dict[str, Cell]]
+) -> Tuple[List[str], List[List[str]], int]:
+    results: Results = {}
+    for key, by_impl in cells.items():
+        results[key] = {impl: c.value() for impl, c in by_impl.items() if c.value() is not None}
+
+    header = [
+        "figure",
+        "mproc",
+        "Python",
+        "raw floor",
+        "mproc/raw",
+        "Python/mproc",
+        "targets",
+    ]
+    rows = []
+    failed = 0
+    for fig in figures:
+        r = results[fig.key]
+        vals = []
+        for impl in IMPLS:
+            cell = cells[fig.key].get(impl)
+            if cell is None:
+                vals.append("")
+            elif cell.errors and not cell.medians:
+                vals.append("FAILED")
+            else:
+                vals.append(fmt_value(r.get(impl)) + (" (!)" if cell.errors else ""))
+            if cell is not None and cell.errors:
+                failed += 1
+        rows.append(
+            [f"{fig.title} ({fig.unit})"]
+            + vals
+            + [
+                fmt_ratio(cost_ratio(fig.key, "mproc", fig.key, "raw")(results)),
+                fmt_ratio(cost_ratio(fig.key, "python", fig.key, "mproc")(results)),
+                "; ".join(fmt_target(t, results) for t in fig.targets),
+            ]
+        )
+    return header, rows, failed
+
+
+def text_table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(r: List[str]) -> str:
+        out = []
+        for i, cell in enumerate(r):
+            # figure and targets left-aligned, numbers right-aligned
+            left = i == 0 or i == len(r) - 1
+            out.append(cell.ljust(widths[i]) if left else cell.rjust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    def line(r: List[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |"
+
+    align = ["---"] + ["---:"] * (len(header) - 2) + ["---"]
+    return "\n".join([line(header), "| " + " | ".join(align) + " |"] + [line(r) for r in rows])
+
+
+def machine_info(python: str) -> List[str]:
+    def read(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    cpu = platform.machine()
+    for line in read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    thp = read("/sys/kernel/mm/transparent_hugepage/enabled").strip() or "n/a"
+    try:
+        pyver = subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pyver = "?"
+    u = platform.uname()
+    return [
+        f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"machine: {os.cpu_count()} CPUs ({cpu}), load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        f"kernel:  {u.system} {u.release} {u.machine}, transparent hugepages: {thp}",
+        f"python:  {python} ({pyver})",
+    ]
+
+
+def details(figures: List[Figure], cells: Dict[str, Dict[str, Cell]]) -> List[str]:
+    out = []
+    for fig in figures:
+        for impl, cell in cells[fig.key].items():
+            runs = ", ".join(fmt_value(v) for v in cell.medians) or "none"
+            out.append(f"- {fig.key} {impl}: {runs}")
+            out.extend(f"  - error: {e}" for e in cell.errors)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def find_bin_dir(build_dir: str, bin_dir: Optional[str]) -> str:
+    candidates = [bin_dir] if bin_dir else [
+        os.path.join(build_dir, "bench"),
+        build_dir,
+        os.path.join(build_dir, "bin"),
+    ]
+    for d in candidates:
+        if os.access(os.path.join(d, "bench_start"), os.X_OK):
+            return os.path.abspath(d)
+    sys.exit(
+        f"run.py: no bench_start in {', '.join(candidates)}: build first "
+        f"(cmake -S . -B {build_dir} && cmake --build {build_dir})"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Run mproc's benchmarks and print one table.")
+    ap.add_argument("--build-dir", default="build", help="CMake build directory (default: build)")
+    ap.add_argument("--bin-dir", help="where the bench programs are (default: searched)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and iterations")
+    ap.add_argument("--reps", type=int, help="repetitions of each program (default 5, quick 3)")
+    ap.add_argument(
+        "--filter", action="append", default=[],
+        help="only figures whose key or title contains this (repeatable)",
+    )
+    ap.add_argument(
+        "--python", default=sys.executable,
+        help="interpreter for the Python figures (default: the one running this)",
+    )
+    ap.add_argument("--list", action="store_true", help="list the figures and exit")
+    args = ap.parse_args()
+
+    figures = [
+        f for f in FIGURES
+        if not args.filter or any(s in f.key or s in f.title for s in args.filter)
+    ]
+    if args.list:
+        for f in figures:
+            print(f"{f.key:<24} {f.title}")
+        return 0
+    if not figures:
+        print(f"run.py: no figure matches {args.filter}", file=sys.stderr)
+        return 1
+    reps = args.reps or (3 if args.quick else 5)
+    if reps < 1:
+        ap.error("--reps must be at least 1")
+
+    paths = {
+        "bench_bin": find_bin_dir(args.build_dir, args.bin_dir),
+        "bench_src": HERE,
+        "python": args.python,
+    }
+    info = machine_info(args.python)
+    for line in info:
+        print(line, file=sys.stderr)
+    print(file=sys.stderr, flush=True)
+
+    cells = run_all(figures, reps, args.quick, paths)
+    header, rows, failed = build_rows(figures, cells)
+
+    notes = [
+        f"Each cell: median over {reps} runs of each program's median"
+        f"{' (quick)' if args.quick else ''}; implementations interleaved.",
+        "mproc/raw: times the raw OS floor mproc costs (1.00× = the floor).",
+        "Python/mproc: times faster mproc is than Python's multiprocessing.",
+        "(!): some runs failed; FAILED: every run failed (see stderr).",
+    ]
+    text = "\n".join(info + [""] + [text_table(header, rows)] + [""] + notes)
+    print(text, flush=True)
+
+    md = "\n".join(
+        ["# mproc benchmarks", ""]
+        + [f"- {line}" for line in info]
+        + ["", markdown_table(header, rows), ""]
+        + [f"- {note}" for note in notes]
+        + ["", "## Every run (program medians)", ""]
+        + details(figures, cells)
+        + [""]
+    )
+    md_path = os.path.join(args.build_dir, "bench.md")
+    try:
+        os.makedirs(args.build_dir, exist_ok=True)
+        with open(md_path, "w") as f:
+            f.write(md)
+        print(f"\nwritten: {md_path}", file=sys.stderr)
+    except OSError as e:
+        print(f"run.py: cannot write {md_path}: {e}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"run.py: {failed} program(s) failed at least once", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
