@@ -171,10 +171,14 @@ typedef struct {
 int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void *arg, size_t len,
                          const mproc_process_opts_t *opts);
 
+#define MPROC_PASS_FDS_MAX 250
+
 /*
  * Hand fd to the child at the same number, for any start method (it is
  * already inherited under fork). Call before start; the caller keeps fd
- * open until start returns. Up to 256 fds.
+ * open until start returns. Up to MPROC_PASS_FDS_MAX fds (-E2BIG beyond);
+ * fds 0-2 always follow the caller's and need not be passed. -EBADF if fd
+ * is not open, MPROC_ESTATE after start.
  */
 int mproc_process_pass_fd(mproc_process_t *p, int fd);
 
@@ -235,6 +239,15 @@ int mproc_process_fd(const mproc_process_t *p);
  * NULL is a no-op.
  */
 int mproc_process_free(mproc_process_t *p);
+
+/*
+ * 1 when children are held by pidfd (Linux >= 5.3, not a MPROC_PORTABLE
+ * build), else 0. Without pidfds, signals go only to unreaped children (a
+ * pid is never reused while mproc holds it unreaped) and every child holds
+ * one extra fd, close-on-exec: the write end of the exit pipe through which
+ * its parent sees it exit.
+ */
+int mproc_have_pidfd(void);
 
 /* ------------------------------------------------------------------------ */
 /* The forkserver                                                           */

@@ -44,6 +44,19 @@ void mproc__child_set_name(const char *name)
 #endif
 }
 
+/* Fallback builds (no pidfd): the write end of this process's exit pipe.
+ * Only this process may hold it, or its parent would not see it exit. */
+static int own_exit_fd = -1;
+
+void mproc__child_adopt_exit_fd(int fd)
+{
+    if (own_exit_fd >= 0 && own_exit_fd != fd)
+        close(own_exit_fd); /* our parent's, inherited through fork */
+    own_exit_fd = fd;
+    if (fd >= 0)
+        mproc__set_cloexec(fd, 1); /* and not in whatever we exec */
+}
+
 /* What a child runs after its entry, before _exit: set by higher layers
  * (the process registry joins the child's own children, as at exit()). */
 static void (*exit_hook)(void);

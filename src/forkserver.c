@@ -6,10 +6,13 @@
  * it is cheap and safe at any time (P2). The only way to reach it is the
  * socketpair it inherited from its client: nothing is bound anywhere (P12).
  *
- * Per child the helper answers with the child's pid, a pidfd where the
- * kernel has them (the client signals and polls through it, P11) and the
- * read end of a status pipe: the helper reaps the child and writes its exit
- * code (int32) there. If the helper dies, the pipe ends without a status.
+ * Per child the helper answers with the child's pid, the read end of a
+ * status pipe (the helper reaps the child and writes its exit code, int32,
+ * there; if the helper dies the pipe ends without one) and a "life fd" that
+ * polls readable when the child exits: its pidfd (the client also signals
+ * through it, P11) or, without pidfds, an exit pipe only the child holds.
+ * The caller's stdio travels with every request, so the child writes where
+ * the caller's stdout points now, as under fork and spawn.
  *
  * The client serialises requests on one socket under fs_lock. The helper
  * exits when the socket closes: when the client stops it, exits or dies.
@@ -187,7 +190,7 @@ static int fs_call_locked(const mproc__request_t *req, const int *fds, size_t nf
 }
 
 int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, pid_t *pid,
-                           int *pidfd, int *status_fd)
+                           int *life_fd, int *status_fd)
 {
     pthread_once(&fs_once, fs_install);
     pthread_mutex_lock(&fs_lock);
@@ -198,10 +201,10 @@ int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, p
     pthread_mutex_unlock(&fs_lock);
     if (rc < 0)
         return rc;
-    if (reply.err == 0 && nr >= 1 && reply.pid > 0) {
+    if (reply.err == 0 && nr == 2 && reply.pid > 0) {
         *pid = reply.pid;
         *status_fd = rfds[0];
-        *pidfd = nr > 1 ? rfds[1] : -1;
+        *life_fd = rfds[1];
         return 0;
     }
     for (size_t i = 0; i < nr; i++)
@@ -289,16 +292,20 @@ static int remember_child(pid_t pid, int status_fd)
 }
 
 /* In the new child: move the received fds to the numbers the client asked
- * for, close everything else the helper had, and run the entry. */
+ * for (its stdio among them), close everything else the helper had, and run
+ * the entry. exit_fd is the child's exit pipe in fallback builds, or -1. */
 _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn fn, int *fds,
-                                   pid_t server)
+                                   int exit_fd, pid_t server)
 {
     int base = 3;
+    int has_stdio[3] = {0, 0, 0};
     for (uint32_t i = 0; i < req->nfds; i++) {
         if (req->fds[i] >= base)
             base = req->fds[i] + 1;
         if (fds[i] >= base)
             base = fds[i] + 1;
+        if (req->fds[i] <= 2)
+            has_stdio[req->fds[i]] = 1;
     }
     /* Park above every source and target, so no dup2 below can clobber a
      * fd still to be moved. */
@@ -306,12 +313,24 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
     for (uint32_t i = 0; i < req->nfds; i++)
         if ((parked[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, base)) < 0)
             mproc__child_fail(-errno);
-    mproc__close_fds_except(parked, req->nfds);
+    /* The exit pipe too: its number here may be one the client asked for. */
+    if (exit_fd >= 0 && (exit_fd = fcntl(exit_fd, F_DUPFD_CLOEXEC, base)) < 0)
+        mproc__child_fail(-errno);
+    int keep[MPROC__MAX_FDS + 1]; /* sorted in place by the call below */
+    size_t nkeep = req->nfds;
+    memcpy(keep, parked, nkeep * sizeof keep[0]);
+    if (exit_fd >= 0)
+        keep[nkeep++] = exit_fd;
+    mproc__close_fds_except(keep, nkeep);
     for (uint32_t i = 0; i < req->nfds; i++) {
         if (dup2(parked[i], req->fds[i]) < 0) /* dup2 clears FD_CLOEXEC */
             mproc__child_fail(-errno);
         close(parked[i]);
     }
+    for (int fd = 0; fd <= 2; fd++)
+        if (!has_stdio[fd])
+            close(fd); /* the client had it closed: so does its child */
+    mproc__child_adopt_exit_fd(exit_fd);
     mproc__reset_signals();
     if ((req->flags & MPROC__F_DAEMON) && mproc__child_bind_to_parent(server) < 0)
         mproc__child_fail(-ESRCH);
@@ -327,8 +346,10 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
         rc = MPROC_EPROTO;
     if (rc == 0)
         rc = mproc__entry_resolve(&req->entry, &fn);
-    int sp[2] = {-1, -1};
+    int sp[2] = {-1, -1}, ep[2] = {-1, -1};
     if (rc == 0 && pipe2(sp, O_CLOEXEC) < 0)
+        rc = -errno;
+    if (rc == 0 && !mproc__have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
         rc = -errno;
     pid_t pid = -1;
     if (rc == 0) {
@@ -338,25 +359,28 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
         pid_t server = getpid();
         pid = fork();
         if (pid == 0)
-            become_child(req, fn, fds, server);
+            become_child(req, fn, fds, ep[1], server);
         if (pid < 0)
             rc = -errno;
         sigprocmask(SIG_SETMASK, &old, NULL);
     }
     for (size_t i = 0; i < nfds; i++)
         close(fds[i]);
+    if (ep[1] >= 0)
+        close(ep[1]);
     if (rc < 0) {
-        if (sp[0] >= 0) {
-            close(sp[0]);
-            close(sp[1]);
-        }
+        int leftovers[3] = {sp[0], sp[1], ep[0]};
+        for (int i = 0; i < 3; i++)
+            if (leftovers[i] >= 0)
+                close(leftovers[i]);
         mproc__reply_send(sock, rc, 0, NULL, 0);
         return;
     }
     if (remember_child(pid, sp[1]) < 0)
         close(sp[1]); /* the client will see the status as lost */
-    int out[2] = {sp[0], mproc__pidfd_open(pid)};
-    mproc__reply_send(sock, 0, pid, out, out[1] >= 0 ? 2 : 1);
+    /* The client watches the child through a pidfd, or the exit pipe. */
+    int out[2] = {sp[0], ep[0] >= 0 ? ep[0] : mproc__pidfd_open(pid)};
+    mproc__reply_send(sock, out[1] >= 0 ? 0 : out[1], pid, out, out[1] >= 0 ? 2 : 1);
     close(out[0]);
     if (out[1] >= 0)
         close(out[1]);

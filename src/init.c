@@ -42,11 +42,8 @@ int mproc_init(int *argc, char ***argv)
     if (rc == 0)
         rc = (req.flags & MPROC__F_HAS_ENTRY) ? mproc__entry_resolve(&req.entry, &fn)
                                                : MPROC_EPROTO;
-    if (rc == 0 && req.exit_fd >= 0) {
-        /* Our exit pipe must outlive us only in us, not in what we exec. */
-        rc = mproc__set_cloexec(req.exit_fd, 1);
-        mproc__process_adopt_exit_fd(req.exit_fd);
-    }
+    if (req.exit_fd >= 0)
+        mproc__child_adopt_exit_fd(req.exit_fd);
     mproc__reply_send(sock, rc, getpid(), NULL, 0);
     close(sock);
     if (rc < 0)

@@ -18,7 +18,7 @@
 #define MPROC__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- limits of what crosses a process boundary -------------------------- */
-#define MPROC__MAX_FDS 256          /* fds handed to one child             */
+#define MPROC__MAX_FDS 253          /* fds in one request (SCM_MAX_FD)     */
 #define MPROC__MAX_NAME 255         /* bytes of a process name             */
 #define MPROC__MAX_PATH 4096        /* bytes of a module path              */
 #define MPROC__MAX_BUILD_ID 64      /* bytes of a GNU build-id             */
@@ -105,6 +105,9 @@ int mproc__reply_recv(int sock, mproc__reply_t *reply, int *fds, size_t maxfds, 
 /* Daemon: die with the parent; 0, or -ESRCH if the parent is already gone. */
 int mproc__child_bind_to_parent(pid_t parent);
 void mproc__child_set_name(const char *name);
+/* Fallback builds: in a new child, take fd as this process's exit pipe and
+ * drop the one inherited from the parent. */
+void mproc__child_adopt_exit_fd(int fd);
 /* Called after the entry returns, before _exit. */
 void mproc__child_set_exit_hook(void (*fn)(void));
 /* Run the entry, the exit hook, flush stdio, _exit with its result. */
@@ -140,7 +143,6 @@ int mproc__forkserver_signal(pid_t pid, int sig);
 _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *req);
 
 /* ---- process.c ---------------------------------------------------------- */
-/* Fallback builds: a spawned child's own exit pipe (its children drop it). */
-void mproc__process_adopt_exit_fd(int fd);
+/* (nothing internal) */
 
 #endif

@@ -123,6 +123,20 @@ int mproc__pidfd_open(pid_t pid)
 #endif
 }
 
+int mproc__have_pidfd(void)
+{
+    static int known; /* 0 unknown, 1 yes, 2 no; a benign race: same answer */
+    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (!k) {
+        int fd = mproc__pidfd_open(getpid());
+        k = fd >= 0 ? 1 : 2;
+        if (fd >= 0)
+            close(fd);
+        __atomic_store_n(&known, k, __ATOMIC_RELAXED);
+    }
+    return k == 1;
+}
+
 int mproc__pidfd_signal(int pidfd, int sig)
 {
 #ifdef HAVE_PIDFD

@@ -37,6 +37,8 @@ int mproc__write_full(int fd, const void *buf, size_t len);
 /* Set or clear FD_CLOEXEC. */
 int mproc__set_cloexec(int fd, int on);
 
+/* Whether pidfds work here (probed once). */
+int mproc__have_pidfd(void);
 /* pidfd_open(2); -ENOSYS where the kernel or the build has no pidfds. */
 int mproc__pidfd_open(pid_t pid);
 /* pidfd_send_signal(2). */

@@ -3,11 +3,12 @@
  * join, signal, free; the registry of live children that the parent joins
  * (or kills, for daemons) when it exits normally.
  *
- * How a child's exit is observed:
- *   fork, spawn   pidfd (poll + waitid P_PIDFD); fallback: an exit pipe
- *                 whose only write end the child holds, then waitpid.
- *   forkserver    the helper's status pipe (it reaps the child and writes
- *                 the code); the pidfd it passed tells exit where it exists.
+ * How a child's exit is observed: its "life fd" polls readable when it
+ * exits: the pidfd, or without pidfds an exit pipe whose only write end the
+ * child holds. fork and spawn children are then collected with waitid; a
+ * forkserver child's code comes from the helper's status pipe (the helper
+ * is its parent and reaps it), and only if the helper dies does the life fd
+ * decide when join returns.
  */
 #include "internal.h"
 
@@ -31,14 +32,16 @@ struct mproc_process {
     char *name;
     mproc_start_method_t method; /* resolved at start */
     int daemon;
-    int fds[MPROC__MAX_FDS];
+    int fds[MPROC_PASS_FDS_MAX];
     size_t nfds;
 
     state_t state;
     pid_t owner; /* the process that started it */
     pid_t pid;
-    int pidfd;   /* -1 when the kernel or build has none */
-    int exit_fd; /* fallback exit pipe, or forkserver status pipe; or -1 */
+    int pidfd;      /* -1 when the kernel or build has none            */
+    int exit_pipe;  /* without pidfd: EOF when the child exits, or -1  */
+    int status_fd;  /* forkserver: the helper writes the exit code     */
+    int helper_lost; /* forkserver: status_fd ended without a status   */
     int exitcode;
     int status_err; /* MPROC_ESTATUS when the forkserver lost it */
 
@@ -52,10 +55,6 @@ static _Atomic int fork_policy = MPROC_FORK_WARN;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static mproc_process_t *registry;
 static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
-
-/* Fallback only: the write end of our own exit pipe, which our children
- * must not keep (it would hide our exit from our parent). */
-static int self_exit_fd = -1;
 
 static int valid_method(int m)
 {
@@ -86,20 +85,6 @@ int mproc_set_fork_policy(mproc_fork_policy_t policy)
 mproc_fork_policy_t mproc_get_fork_policy(void)
 {
     return (mproc_fork_policy_t)atomic_load(&fork_policy);
-}
-
-static int have_pidfd(void)
-{
-    static _Atomic int known; /* 0 unknown, 1 yes, 2 no */
-    int k = atomic_load(&known);
-    if (!k) {
-        int fd = mproc__pidfd_open(getpid());
-        k = fd >= 0 ? 1 : 2;
-        if (fd >= 0)
-            close(fd);
-        atomic_store(&known, k);
-    }
-    return k == 1;
 }
 
 /* ---- registry and exit-time cleanup ---------------------------------------- */
@@ -207,7 +192,7 @@ int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void
     p->len = len;
     p->method = (mproc_start_method_t)method;
     p->daemon = opts ? opts->daemon != 0 : 0;
-    p->pidfd = p->exit_fd = -1;
+    p->pidfd = p->exit_pipe = p->status_fd = -1;
     *out = p;
     return 0;
 }
@@ -225,7 +210,7 @@ int mproc_process_pass_fd(mproc_process_t *p, int fd)
     for (size_t i = 0; rc == 0 && i < p->nfds; i++)
         if (p->fds[i] == fd)
             goto out; /* already handed over */
-    if (rc == 0 && p->nfds == MPROC__MAX_FDS)
+    if (rc == 0 && p->nfds == MPROC_PASS_FDS_MAX)
         rc = -E2BIG;
     if (rc == 0)
         p->fds[p->nfds++] = fd;
@@ -250,7 +235,7 @@ static int start_fork(mproc_process_t *p)
                        p->name, threads);
     }
     int ep[2] = {-1, -1};
-    if (!have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
+    if (!mproc__have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
         return -errno;
 
     /* P13: what stdio holds now would otherwise be written by both. */
@@ -267,10 +252,8 @@ static int start_fork(mproc_process_t *p)
         if (p->daemon && mproc__child_bind_to_parent(parent) < 0)
             mproc__child_fail(-ESRCH);
         if (ep[1] >= 0) {
-            if (self_exit_fd >= 0)
-                close(self_exit_fd);
-            self_exit_fd = ep[1];
             close(ep[0]);
+            mproc__child_adopt_exit_fd(ep[1]);
         }
         mproc__child_set_name(p->name);
         mproc__child_run(p->entry, p->arg, p->len);
@@ -285,13 +268,18 @@ static int start_fork(mproc_process_t *p)
         return err;
     }
     p->pid = pid;
-    p->exit_fd = ep[0];
-    if (have_pidfd())
+    p->exit_pipe = ep[0];
+    if (ep[0] < 0) {
         p->pidfd = mproc__pidfd_open(pid); /* race-free: not reaped yet */
-    if (p->pidfd < 0 && p->exit_fd < 0) {
-        /* pidfd vanished under us (cannot happen on one kernel): the
-         * child exists, so wait for it the plain way rather than lose it. */
-        p->pidfd = -1;
+        if (p->pidfd < 0) {
+            /* Cannot fail on a kernel that gave us one before, short of
+             * running out of fds: do not leave an unwatchable child. */
+            int code, err = p->pidfd;
+            kill(pid, SIGKILL);
+            mproc__reap(pid, -1, 1, &code);
+            p->pidfd = -1;
+            return err;
+        }
     }
     return 0;
 }
@@ -321,7 +309,7 @@ static int start_spawn(mproc_process_t *p)
     size_t nkeep = p->nfds;
     memcpy(keep, p->fds, p->nfds * sizeof keep[0]);
     int ep[2] = {-1, -1};
-    if (!have_pidfd()) {
+    if (!mproc__have_pidfd()) {
         if (pipe2(ep, O_CLOEXEC) < 0)
             return -errno;
         keep[nkeep++] = req.exit_fd = ep[1];
@@ -334,7 +322,7 @@ static int start_spawn(mproc_process_t *p)
             close(ep[0]);
         return rc;
     }
-    p->exit_fd = ep[0];
+    p->exit_pipe = ep[0];
     return 0;
 }
 
@@ -345,7 +333,26 @@ static int start_forkserver(mproc_process_t *p)
     int rc = mproc__entry_ref_of(p->entry, &req.entry);
     if (rc < 0)
         return rc;
-    return mproc__forkserver_fork(&req, p->fds, p->nfds, &p->pid, &p->pidfd, &p->exit_fd);
+    /* The child writes where the caller's stdio points now, not where it
+     * pointed when the helper started: the same as under fork and spawn. */
+    int fds[MPROC__MAX_FDS];
+    uint32_t n = 0;
+    for (int fd = 0; fd <= 2; fd++)
+        if (fcntl(fd, F_GETFD) >= 0)
+            req.fds[n] = fds[n] = fd, n++;
+    for (size_t i = 0; i < p->nfds; i++)
+        if (p->fds[i] > 2)
+            req.fds[n] = fds[n] = p->fds[i], n++;
+    req.nfds = n;
+    int life_fd;
+    rc = mproc__forkserver_fork(&req, fds, n, &p->pid, &life_fd, &p->status_fd);
+    if (rc == 0) {
+        if (mproc__have_pidfd())
+            p->pidfd = life_fd;
+        else
+            p->exit_pipe = life_fd;
+    }
+    return rc;
 }
 
 int mproc_process_start(mproc_process_t *p)
@@ -388,49 +395,53 @@ int mproc_process_start(mproc_process_t *p)
 
 /* ---- waiting and collecting ------------------------------------------------ */
 
-/* 1 once the child has exited (its status may still be on its way from
- * the forkserver), 0 on timeout. Called without p->lock. */
-static int wait_exit(mproc_process_t *p, int timeout_ms)
+static int life_fd(const mproc_process_t *p)
 {
-    int fd = p->method == MPROC_START_FORKSERVER ? p->exit_fd
-             : p->pidfd >= 0                    ? p->pidfd
-                                                : p->exit_fd;
-    int rc = mproc__poll1(fd, POLLIN, timeout_ms, NULL);
-    if (rc == 0 && p->method == MPROC_START_FORKSERVER && p->pidfd >= 0)
-        /* The child may be gone while the helper has not written yet (the
-         * caller saw the pidfd fire): the status is then moments away. */
-        rc = mproc__poll1(p->pidfd, POLLIN, 0, NULL);
+    return p->pidfd >= 0 ? p->pidfd : p->exit_pipe;
+}
+
+/* Wait, without p->lock, until there is something to collect: 1, or 0 at
+ * the deadline. */
+static int wait_event(mproc_process_t *p, int64_t deadline)
+{
+    if (p->method != MPROC_START_FORKSERVER || p->helper_lost)
+        return mproc__poll1(life_fd(p), POLLIN, mproc__remaining_ms(deadline), NULL);
+    int rc = mproc__poll1(p->status_fd, POLLIN, mproc__remaining_ms(deadline), NULL);
+    if (rc == 0 && mproc__poll1(life_fd(p), POLLIN, 0, NULL) > 0)
+        /* Gone, and the helper has not written yet (a caller woken by the
+         * life fd gets here with timeout 0): the status is moments away,
+         * unless the helper is stuck, which collect treats as lost. */
+        rc = mproc__poll1(p->status_fd, POLLIN, 5000, NULL) >= 0 ? 1 : rc;
     return rc;
 }
 
-/* With p->lock held, after wait_exit said the child is gone. */
+/* With p->lock held, after wait_event: 1 if the child is now collected. */
 static int collect_locked(mproc_process_t *p)
 {
     if (p->state == EXITED)
-        return 0;
-    int code = 0, rc;
-    if (p->method == MPROC_START_FORKSERVER) {
+        return 1;
+    int code = 0;
+    if (p->method != MPROC_START_FORKSERVER) {
+        /* Without pidfd the exit pipe closed as the child exited; the
+         * blocking wait covers only the last steps of that exit. */
+        int rc = mproc__reap(p->pid, p->pidfd, p->pidfd < 0, &code);
+        if (rc <= 0)
+            return rc;
+    } else {
         int32_t status;
-        /* Bounded: the helper writes right after it reaps, or dies. */
-        rc = mproc__poll1(p->exit_fd, POLLIN, 5000, NULL);
-        ssize_t n = rc > 0 ? mproc__read_full(p->exit_fd, &status, sizeof status) : 0;
+        ssize_t n = -1; /* -1: nothing to read yet */
+        if (!p->helper_lost && mproc__poll1(p->status_fd, POLLIN, 0, NULL) > 0)
+            n = mproc__read_full(p->status_fd, &status, sizeof status);
         if (n == (ssize_t)sizeof status) {
             code = status;
         } else {
-            /* The helper died without a word. Wait for the child itself
-             * where a pidfd lets us; otherwise report at once. */
-            if (p->pidfd >= 0 && mproc__poll1(p->pidfd, POLLIN, 0, NULL) == 0)
+            if (n >= 0)
+                p->helper_lost = 1; /* EOF: from now on the life fd decides */
+            if (mproc__poll1(life_fd(p), POLLIN, 0, NULL) <= 0)
                 return 0;
+            /* Exited, and the helper died (or hung) without reporting it. */
             p->status_err = MPROC_ESTATUS;
         }
-    } else {
-        /* Fallback: the exit pipe closed, so the child is exiting now;
-         * the blocking wait is only for the last steps of its exit. */
-        rc = mproc__reap(p->pid, p->pidfd, p->pidfd < 0, &code);
-        if (rc < 0)
-            return rc;
-        if (rc == 0)
-            return 0;
     }
     p->exitcode = code;
     p->state = EXITED;
@@ -445,14 +456,14 @@ int mproc_process_join(mproc_process_t *p, int timeout_ms)
     int64_t deadline = mproc__deadline(timeout_ms);
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        int rc = p->state == CREATED        ? MPROC_ESTATE
-                 : p->owner != getpid()     ? -ECHILD
-                 : p->state == EXITED       ? 1
-                                            : 0;
+        int rc = p->state == CREATED    ? MPROC_ESTATE
+                 : p->owner != getpid() ? -ECHILD
+                 : p->state == EXITED   ? 1
+                                        : 0;
         pthread_mutex_unlock(&p->lock);
         if (rc)
             return rc < 0 ? rc : 0;
-        rc = wait_exit(p, mproc__remaining_ms(deadline));
+        rc = wait_event(p, deadline);
         if (rc < 0)
             return rc;
         if (rc > 0) {
@@ -461,17 +472,8 @@ int mproc_process_join(mproc_process_t *p, int timeout_ms)
             pthread_mutex_unlock(&p->lock);
             if (rc < 0)
                 return rc;
-            if (rc > 0 || p->state == EXITED)
+            if (rc > 0)
                 return 0;
-            /* Helper gone, child still running: wait on the pidfd now. */
-            if (p->pidfd >= 0 && p->method == MPROC_START_FORKSERVER) {
-                int w = mproc__poll1(p->pidfd, POLLIN, mproc__remaining_ms(deadline), NULL);
-                if (w < 0)
-                    return w;
-                if (w == 0)
-                    return -ETIMEDOUT;
-                continue;
-            }
         }
         if (mproc__remaining_ms(deadline) == 0)
             return -ETIMEDOUT;
@@ -562,13 +564,18 @@ mproc_start_method_t mproc_process_method(const mproc_process_t *p)
     return p ? p->method : MPROC_START_DEFAULT;
 }
 
+int mproc_have_pidfd(void)
+{
+    return mproc__have_pidfd();
+}
+
 int mproc_process_fd(const mproc_process_t *p)
 {
     if (!p)
         return -EINVAL;
     if (p->state == CREATED)
         return MPROC_ESTATE;
-    return p->pidfd >= 0 ? p->pidfd : p->exit_fd;
+    return life_fd(p);
 }
 
 int mproc_process_free(mproc_process_t *p)
@@ -583,16 +590,13 @@ int mproc_process_free(mproc_process_t *p)
         registry_remove(p); /* collection failed oddly: do not leave a dangling entry */
     if (p->pidfd >= 0)
         close(p->pidfd);
-    if (p->exit_fd >= 0)
-        close(p->exit_fd);
+    if (p->exit_pipe >= 0)
+        close(p->exit_pipe);
+    if (p->status_fd >= 0)
+        close(p->status_fd);
     pthread_mutex_destroy(&p->lock);
     free(p->name);
     free(p->arg);
     free(p);
     return 0;
-}
-
-void mproc__process_adopt_exit_fd(int fd)
-{
-    self_exit_fd = fd;
 }
