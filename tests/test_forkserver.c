@@ -1,0 +1,447 @@
+/*
+ * test_forkserver.c - the forkserver helper: explicit start with a preload,
+ * state errors, pid, P12 (nothing bound), death of the helper, stop, and a
+ * forked copy of a process that has a helper.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mproc.h"
+#include "testutil.h"
+
+#define T_MS 10000
+
+static int g_preloaded; /* set by the preload, in the helper only */
+static int g_preload_calls;
+
+/* ------------------------------------------------------------------ entries */
+
+static int preload(const void *arg, size_t len)
+{
+    int v;
+    if (len != sizeof v || !arg)
+        return 1;
+    memcpy(&v, arg, sizeof v);
+    g_preloaded = v;
+    g_preload_calls++;
+    return 0;
+}
+
+/* arg: write fd. Reports g_preloaded and g_preload_calls. */
+static int entry_report_preload(const void *arg, size_t len)
+{
+    int fd;
+    if (len != sizeof fd)
+        return 250;
+    memcpy(&fd, arg, sizeof fd);
+    int v[3] = {g_preloaded, g_preload_calls, (int)getppid()};
+    return tu_write_full(fd, v, sizeof v) == 0 ? 0 : 251;
+}
+
+static int entry_zero(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+/* Start a child with method m that reports {g_preloaded, calls, ppid}. */
+static int report_preload(mproc_start_method_t m, int out[3])
+{
+    int fds[2];
+    if (tu_pipe(fds) != 0)
+        return -1;
+    mproc_process_opts_t o = {NULL, m, 0};
+    mproc_process_t *p = NULL;
+    int rc = mproc_process_create(&p, entry_report_preload, &fds[1], sizeof fds[1], &o);
+    if (rc == 0)
+        rc = mproc_process_pass_fd(p, fds[1]);
+    if (rc == 0)
+        rc = mproc_process_start(p);
+    close(fds[1]);
+    if (TU_CHECK_OK(rc)) {
+        TU_CHECK_EQ_INT(tu_read_full(fds[0], out, 3 * sizeof(int), T_MS),
+                        (long long)(3 * sizeof(int)));
+        TU_CHECK_OK(mproc_process_join(p, T_MS));
+        int code = -1;
+        TU_CHECK_OK(mproc_process_exitcode(p, &code));
+        TU_CHECK_EQ_INT(code, 0);
+    }
+    mproc_process_free(p);
+    close(fds[0]);
+    return rc;
+}
+
+static int run_zero(mproc_start_method_t m)
+{
+    mproc_process_opts_t o = {NULL, m, 0};
+    mproc_process_t *p = NULL;
+    int rc = mproc_process_create(&p, entry_zero, NULL, 0, &o);
+    if (rc != 0)
+        return rc;
+    rc = mproc_process_start(p);
+    if (rc == 0) {
+        rc = mproc_process_join(p, T_MS);
+        int code = -1;
+        if (rc == 0)
+            rc = mproc_process_exitcode(p, &code);
+        if (rc == 0 && code != 0)
+            rc = -1000 - code;
+        if (rc != 0) {
+            mproc_process_kill(p);
+            mproc_process_join(p, T_MS);
+        }
+    }
+    mproc_process_free(p);
+    return rc;
+}
+
+/* A forkserver child whose helper went away was reparented to us (we are a
+ * child subreaper). Its join may complete as soon as its exit pipe closes,
+ * a moment before it is a zombie: wait until it is one, then reap it unless
+ * the library already did. */
+static void reap_orphan(pid_t pid)
+{
+    int pfd = tu_pidfd_open(pid);
+    if (pfd < 0)
+        return; /* gone (reaped) already */
+    TU_CHECK_EQ_INT(tu_wait_readable(pfd, T_MS), 1);
+    close(pfd);
+    int r = tu_try_reap(pid, NULL);
+    if (getenv("TU_VERBOSE"))
+        fprintf(stderr, "  orphan %d: %s\n", (int)pid,
+                r == 1 ? "reaped by the test" : "already reaped");
+}
+
+/* ------------------------------------------------------------------ cases */
+
+static void test_preload_and_state(void)
+{
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
+    int v = 0x5eed;
+    TU_REQUIRE_OK(mproc_forkserver_start(preload, &v, sizeof v));
+    pid_t hp = mproc_forkserver_pid();
+    TU_CHECK(hp > 0);
+    /* the helper is our child, a spawn (same executable) */
+    pid_t ppid = 0;
+    TU_CHECK_EQ_INT(tu_proc_stat(hp, &ppid, NULL), 0);
+    TU_CHECK_EQ_INT(ppid, getpid());
+    char a[256] = "", b[256] = "", path[64];
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)hp);
+    ssize_t na = readlink(path, a, sizeof a - 1);
+    ssize_t nb = readlink("/proc/self/exe", b, sizeof b - 1);
+    if (na > 0 && nb > 0) {
+        a[na] = b[nb] = '\0';
+        TU_CHECK_EQ_STR(a, b);
+    }
+    /* start again: already running */
+    TU_CHECK_EQ_INT(mproc_forkserver_start(preload, &v, sizeof v), MPROC_ESTATE);
+    TU_CHECK_EQ_INT(mproc_forkserver_start(NULL, NULL, 0), MPROC_ESTATE);
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), hp);
+
+    /* the preload ran once, in the helper: forkserver children see it, the
+     * parent and spawn children do not */
+    int out[3] = {-1, -1, -1};
+    for (int i = 0; i < 3; i++) { /* several children: preload is not re-run */
+        tu_context("forkserver child %d", i);
+        if (report_preload(MPROC_START_FORKSERVER, out) == 0) {
+            TU_CHECK_EQ_INT(out[0], 0x5eed);
+            TU_CHECK_EQ_INT(out[1], 1);
+            TU_CHECK_EQ_INT(out[2], hp);
+        }
+    }
+    tu_context("spawn child");
+    if (report_preload(MPROC_START_SPAWN, out) == 0) {
+        TU_CHECK_EQ_INT(out[0], 0);
+        TU_CHECK_EQ_INT(out[1], 0);
+    }
+    tu_context(NULL);
+    TU_CHECK_EQ_INT(g_preloaded, 0);
+    TU_CHECK_EQ_INT(g_preload_calls, 0);
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), hp); /* the same helper served them all */
+
+    /* stop: pid 0, and the helper is gone (reaped: the leak checker
+     * verifies); stop again is a no-op */
+    int hfd = tu_pidfd_open(hp);
+    TU_CHECK_OK(mproc_forkserver_stop());
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
+    if (hfd >= 0) {
+        TU_CHECK_EQ_INT(tu_wait_readable(hfd, 0), 1);
+        close(hfd);
+    }
+    TU_CHECK_EQ_INT(tu_proc_stat(hp, NULL, NULL), -1); /* not even a zombie */
+    TU_CHECK_OK(mproc_forkserver_stop());
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
+
+    /* a later forkserver start brings up a new helper; whether it runs the
+     * remembered preload again is not specified, but if it does, once */
+    tu_context("after restart");
+    if (report_preload(MPROC_START_FORKSERVER, out) == 0) {
+        TU_CHECK(out[0] == 0 || out[0] == 0x5eed);
+        TU_CHECK_EQ_INT(out[1], out[0] ? 1 : 0);
+        TU_CHECK(mproc_forkserver_pid() > 0);
+        TU_CHECK(mproc_forkserver_pid() != hp);
+        TU_CHECK_EQ_INT(out[2], mproc_forkserver_pid());
+    }
+}
+
+static void test_lazy_start(void)
+{
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
+    TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+    pid_t hp = mproc_forkserver_pid();
+    TU_CHECK(hp > 0);
+    TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), hp);
+    /* explicit start while the lazily started one runs */
+    TU_CHECK_EQ_INT(mproc_forkserver_start(NULL, NULL, 0), MPROC_ESTATE);
+    /* other methods do not need or touch it */
+    TU_CHECK_OK(mproc_forkserver_stop());
+    TU_CHECK_OK(run_zero(MPROC_START_FORK));
+    TU_CHECK_OK(run_zero(MPROC_START_SPAWN));
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
+}
+
+/* P12: the helper listens on nothing: none of its sockets has a name. */
+static void test_no_bound_socket(void)
+{
+    TU_REQUIRE_OK(mproc_forkserver_start(NULL, NULL, 0));
+    pid_t hp = mproc_forkserver_pid();
+    TU_REQUIRE(hp > 0);
+    unsigned long inodes[64];
+    int ni = 0;
+    char dpath[64];
+    snprintf(dpath, sizeof dpath, "/proc/%d/fd", (int)hp);
+    DIR *d = opendir(dpath);
+    TU_REQUIRE(d != NULL);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && ni < 64) {
+        if (e->d_name[0] == '.')
+            continue;
+        char lp[400], tgt[128];
+        snprintf(lp, sizeof lp, "%s/%s", dpath, e->d_name);
+        ssize_t n = readlink(lp, tgt, sizeof tgt - 1);
+        if (n <= 0)
+            continue;
+        tgt[n] = '\0';
+        unsigned long ino;
+        if (sscanf(tgt, "socket:[%lu]", &ino) == 1)
+            inodes[ni++] = ino;
+    }
+    closedir(d);
+    TU_CHECK(ni >= 1); /* it talks to us over a socket(pair) */
+    FILE *f = fopen("/proc/net/unix", "re");
+    TU_REQUIRE(f != NULL);
+    char line[512];
+    int matched = 0;
+    while (fgets(line, sizeof line, f)) {
+        /* Num RefCount Protocol Flags Type St Inode [Path] */
+        char num[32];
+        unsigned rc, proto, flags, type, st;
+        unsigned long ino;
+        char pathbuf[300] = "";
+        int k = sscanf(line, "%31s %x %x %x %x %x %lu %299s", num, &rc, &proto, &flags, &type, &st,
+                       &ino, pathbuf);
+        if (k < 7)
+            continue;
+        for (int i = 0; i < ni; i++) {
+            if (inodes[i] != ino)
+                continue;
+            matched++;
+            if (k == 8 && pathbuf[0])
+                tu_fail(__FILE__, __LINE__, "helper socket inode %lu is bound to '%s'", ino,
+                        pathbuf);
+            if (flags & 0x10000) /* __SO_ACCEPTCON: listening */
+                tu_fail(__FILE__, __LINE__, "helper socket inode %lu is listening", ino);
+        }
+    }
+    fclose(f);
+    TU_CHECK(matched >= 1);
+}
+
+static void test_helper_killed_while_child_runs(void)
+{
+    TU_REQUIRE_OK(mproc_forkserver_start(NULL, NULL, 0));
+    pid_t hp = mproc_forkserver_pid();
+    TU_REQUIRE(hp > 0);
+    tu_blocked_t b;
+    TU_REQUIRE_OK(tu_start_blocked(&b, MPROC_START_FORKSERVER, NULL, 7));
+    pid_t ppid = 0;
+    TU_CHECK_EQ_INT(tu_proc_stat(b.pid, &ppid, NULL), 0);
+    TU_CHECK_EQ_INT(ppid, hp);
+
+    int hfd = tu_pidfd_open(hp);
+    TU_REQUIRE(hfd >= 0);
+    TU_CHECK_EQ_INT(kill(hp, SIGKILL), 0);
+    TU_CHECK_EQ_INT(tu_wait_readable(hfd, T_MS), 1);
+    close(hfd);
+
+    /* the orphan keeps running */
+    TU_CHECK_EQ_INT(mproc_process_is_alive(b.p), 1);
+    TU_CHECK_EQ_INT(kill(b.pid, 0), 0);
+
+    /* the next forkserver start restarts the helper or says ESERVER; no hang */
+    alarm(60);
+    int code = -1;
+    mproc_process_opts_t o = {NULL, MPROC_START_FORKSERVER, 0};
+    mproc_process_t *p = NULL;
+    TU_CHECK_OK(mproc_process_create(&p, entry_zero, NULL, 0, &o));
+    int rc = p ? mproc_process_start(p) : -1;
+    if (rc == 0) {
+        TU_CHECK(mproc_forkserver_pid() > 0);
+        TU_CHECK(mproc_forkserver_pid() != hp);
+        TU_CHECK_OK(mproc_process_join(p, T_MS));
+        TU_CHECK_OK(mproc_process_exitcode(p, &code));
+        TU_CHECK_EQ_INT(code, 0);
+    } else {
+        TU_CHECK_EQ_INT(rc, MPROC_ESERVER);
+        /* and the one after that, at the latest, works again */
+        TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+    }
+    mproc_process_free(p);
+
+    /* release the orphan: its join completes, with the real status or
+     * MPROC_ESTATUS */
+    TU_CHECK_OK(tu_release(&b));
+    TU_CHECK_OK(mproc_process_join(b.p, T_MS));
+    code = -1;
+    rc = mproc_process_exitcode(b.p, &code);
+    if (!(rc == MPROC_ESTATUS || (rc == 0 && (code == 7 || code == MPROC_ESTATUS))))
+        tu_fail(__FILE__, __LINE__, "orphan exitcode: rc %d code %d; want 7 or MPROC_ESTATUS", rc,
+                code);
+    TU_CHECK_EQ_INT(mproc_process_is_alive(b.p), 0);
+    alarm((unsigned)tu_case_timeout_s);
+    /* As a child subreaper we inherited the orphan; the library may or may
+     * not have reaped it (in an ordinary process init does). */
+    reap_orphan(b.pid);
+    tu_blocked_cleanup(&b);
+}
+
+/* "Stop the helper (children keep running)." */
+static void test_stop_keeps_children(void)
+{
+    tu_blocked_t b;
+    TU_REQUIRE_OK(tu_start_blocked(&b, MPROC_START_FORKSERVER, NULL, 8));
+    TU_CHECK(mproc_forkserver_pid() > 0);
+    TU_CHECK_OK(mproc_forkserver_stop());
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
+    TU_CHECK_EQ_INT(kill(b.pid, 0), 0);
+    TU_CHECK_EQ_INT(mproc_process_is_alive(b.p), 1);
+    TU_CHECK_OK(tu_release(&b));
+    TU_CHECK_OK(mproc_process_join(b.p, T_MS));
+    int code = -1;
+    int rc = mproc_process_exitcode(b.p, &code);
+    if (!(rc == MPROC_ESTATUS || (rc == 0 && (code == 8 || code == MPROC_ESTATUS))))
+        tu_fail(__FILE__, __LINE__, "exitcode after stop: rc %d code %d; want 8 or MPROC_ESTATUS",
+                rc, code);
+    reap_orphan(b.pid);
+    tu_blocked_cleanup(&b);
+}
+
+/* "Daemon children die with it." */
+static void test_daemon_children_die_with_helper(void)
+{
+    TU_REQUIRE_OK(mproc_forkserver_start(NULL, NULL, 0));
+    pid_t hp = mproc_forkserver_pid();
+    mproc_process_opts_t o = {"fs-daemon", MPROC_START_FORKSERVER, 1};
+    tu_blocked_t b;
+    TU_REQUIRE_OK(tu_start_blocked(&b, MPROC_START_FORKSERVER, &o, 0));
+    int cfd = tu_pidfd_open(b.pid);
+    TU_CHECK(cfd >= 0);
+    TU_CHECK_EQ_INT(kill(hp, SIGKILL), 0);
+    if (cfd >= 0) {
+        if (tu_wait_readable(cfd, T_MS) != 1)
+            tu_fail(__FILE__, __LINE__, "daemon child survived its forkserver");
+        close(cfd);
+    }
+    TU_CHECK_OK(mproc_process_join(b.p, T_MS));
+    int code = -1;
+    int rc = mproc_process_exitcode(b.p, &code);
+    if (!(rc == MPROC_ESTATUS || (rc == 0 && (code == -SIGKILL || code == MPROC_ESTATUS))))
+        tu_fail(__FILE__, __LINE__, "daemon exitcode: rc %d code %d; want -SIGKILL or ESTATUS", rc,
+                code);
+    reap_orphan(b.pid);
+    tu_blocked_cleanup(&b);
+}
+
+/* A raw fork of a process that has a helper must not share the parent's
+ * helper connection: its forkserver children are its own. */
+static pid_t g_parent_helper;
+
+static int forked_copy(void *ctx)
+{
+    (void)ctx;
+    mproc_process_opts_t o = {NULL, MPROC_START_FORKSERVER, 0};
+    for (int i = 0; i < 3; i++) {
+        tu_blocked_t b;
+        int rc = tu_start_blocked(&b, MPROC_START_FORKSERVER, &o, 4);
+        if (!TU_CHECK_OK(rc))
+            return 2;
+        pid_t ppid = 0;
+        tu_proc_stat(b.pid, &ppid, NULL);
+        TU_CHECK(ppid != g_parent_helper);
+        TU_CHECK(mproc_forkserver_pid() != g_parent_helper);
+        TU_CHECK_OK(tu_release(&b));
+        TU_CHECK_OK(mproc_process_join(b.p, T_MS));
+        int code = -1;
+        TU_CHECK_OK(mproc_process_exitcode(b.p, &code));
+        TU_CHECK_EQ_INT(code, 4);
+        tu_blocked_cleanup(&b);
+    }
+    TU_CHECK_OK(mproc_forkserver_stop());
+    return 0;
+}
+
+static void test_forked_copy_gets_own_helper(void)
+{
+    TU_REQUIRE_OK(mproc_forkserver_start(NULL, NULL, 0));
+    g_parent_helper = mproc_forkserver_pid();
+    TU_REQUIRE(g_parent_helper > 0);
+    int status = -1;
+    TU_CHECK_OK(tu_run_child(forked_copy, NULL, 30000, &status));
+    TU_CHECK_EQ_INT(status, 0);
+    /* the parent's helper still serves the parent */
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), g_parent_helper);
+    TU_CHECK_EQ_INT(kill(g_parent_helper, 0), 0);
+    TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), g_parent_helper);
+}
+
+static void test_start_args(void)
+{
+    /* len > 0 with a NULL arg is refused and starts nothing */
+    TU_CHECK_EQ_INT(mproc_forkserver_start(preload, NULL, 4), -EINVAL);
+    TU_CHECK_EQ_INT(mproc_forkserver_start(NULL, NULL, 4), -EINVAL);
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
+    TU_CHECK_EQ_INT(tu_count_children(NULL, 0), 0);
+    /* no preload at all */
+    TU_CHECK_OK(mproc_forkserver_start(NULL, NULL, 0));
+    TU_CHECK(mproc_forkserver_pid() > 0);
+    TU_CHECK_OK(mproc_forkserver_stop());
+}
+
+static const tu_case_t cases[] = {
+    TU_CASE(test_preload_and_state),
+    TU_CASE(test_lazy_start),
+    TU_CASE(test_no_bound_socket),
+    TU_CASE(test_helper_killed_while_child_runs),
+    TU_CASE(test_stop_keeps_children),
+    TU_CASE(test_daemon_children_die_with_helper),
+    TU_CASE(test_forked_copy_gets_own_helper),
+    TU_CASE(test_start_args),
+    TU_END,
+};
+
+int main(int argc, char **argv)
+{
+    mproc_init(&argc, &argv);
+    return tu_main(argc, argv, cases);
+}
