@@ -91,9 +91,12 @@ void mproc_set_log(mproc_log_fn fn, void *ctx);
  * it runs the child's entry (or the server loop) and ends the process with
  * _exit(); it does not return. argc/argv may be NULL.
  *
- * If a spawned child's main() does not call mproc_init, every mproc call in
- * that child fails with MPROC_ENOINIT (so it cannot start children of its
- * own by accident) and the parent's start call reports MPROC_ENOINIT.
+ * If a spawned child's main() does not call mproc_init, it runs main() like
+ * a fresh program, but mproc refuses to work in it: create, start, the
+ * forkserver and the global setters fail with MPROC_ENOINIT (so it cannot
+ * start children of its own by accident). The parent's start call waits
+ * until that child's main() returns or calls exit(), and then reports
+ * MPROC_ENOINIT.
  */
 int mproc_init(int *argc, char ***argv);
 
@@ -136,7 +139,8 @@ mproc_fork_policy_t mproc_get_fork_policy(void);
 
 /*
  * A child's entry. arg/len is a private copy of the bytes given to
- * mproc_process_create (arg is NULL when len is 0). The return value is the
+ * mproc_process_create (arg is NULL when len is 0), aligned as malloc()
+ * aligns. The return value is the
  * child's exit status (0..255). Under every start method the child leaves
  * through _exit() after flushing stdio: the parent's atexit handlers never
  * run in it.
@@ -157,21 +161,34 @@ typedef struct {
     int daemon;                  /* non-zero: killed when the parent exits  */
 } mproc_process_opts_t;
 
+/* The largest argument a child can be given, in bytes. */
+#define MPROC_ARG_MAX (64u << 20)
+
 /*
  * Create (do not start) a process that will run entry(arg, len). arg is
- * copied. opts may be NULL (all defaults). Child state under each method:
+ * copied; -E2BIG beyond MPROC_ARG_MAX. opts may be NULL (all defaults).
+ * Child state under each method:
  *  - fork: a copy of the caller, all of its fds included.
- *  - spawn, forkserver: a fresh image of the executable; fds 0, 1, 2 and
- *    those given to mproc_process_pass_fd are open, nothing else.
+ *  - spawn, forkserver: a fresh image of the executable; fds 0, 1, 2 (the
+ *    caller's at start time) and those given to mproc_process_pass_fd are
+ *    open, nothing else; the working directory is the caller's at start.
+ *    A spawn child inherits the caller's environment, umask and rlimits at
+ *    start; a forkserver child has those of the helper, as they were when
+ *    the helper started (as with Python's forkserver).
  * In every method the child starts with every signal at its default action
- * and none blocked. A daemon child is killed (SIGKILL) when its parent
+ * and none blocked.
+ *
+ * A mproc_process_t may be used from several threads at once, except that
+ * free must not race with any other call on it. mproc reaps its own
+ * children: a program that reaps them behind its back (waitpid(-1), or
+ * SIGCHLD set to SIG_IGN) makes join report -ECHILD. A daemon child is killed (SIGKILL) when its parent
  * exits, however it exits (see docs/process.md for the thread caveat); a
  * non-daemon child is joined at the parent's normal exit.
  */
 int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void *arg, size_t len,
                          const mproc_process_opts_t *opts);
 
-#define MPROC_PASS_FDS_MAX 250
+#define MPROC_PASS_FDS_MAX 249
 
 /*
  * Hand fd to the child at the same number, for any start method (it is
@@ -241,7 +258,7 @@ int mproc_process_fd(const mproc_process_t *p);
 int mproc_process_free(mproc_process_t *p);
 
 /*
- * 1 when children are held by pidfd (Linux >= 5.3, not a MPROC_PORTABLE
+ * 1 when children are held by pidfd (Linux >= 5.4, not a MPROC_PORTABLE
  * build), else 0. Without pidfds, signals go only to unreaped children (a
  * pid is never reused while mproc holds it unreaped) and every child holds
  * one extra fd, close-on-exec: the write end of the exit pipe through which
@@ -259,7 +276,9 @@ int mproc_have_pidfd(void);
  * if not NULL, runs once inside the helper before it serves (import caches,
  * warm allocators): children forked by the helper inherit what it did.
  * MPROC_ESTATE if already running. The helper is a spawn of the executable:
- * the program must call mproc_init.
+ * the program must call mproc_init. If preload returns non-zero the helper
+ * is not started and the call fails with MPROC_EBOOTSTRAP. preload and its
+ * argument are remembered: a restarted helper runs preload again.
  *
  * The helper is reachable only through a socketpair it inherited: nothing
  * is bound in any namespace (P12). If it dies, the next forkserver start

@@ -7,7 +7,9 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -68,6 +70,15 @@ void mproc__child_set_exit_hook(void (*fn)(void))
 
 _Noreturn void mproc__child_run(mproc_entry_fn fn, const void *arg, size_t len)
 {
+    /* The argument arrives inside a request buffer at any offset; the entry
+     * is promised malloc's alignment, as under fork. */
+    if (len && (uintptr_t)arg % _Alignof(max_align_t)) {
+        void *copy = malloc(len);
+        if (!copy)
+            mproc__child_fail(-ENOMEM);
+        memcpy(copy, arg, len);
+        arg = copy;
+    }
     int rc = fn(len ? arg : NULL, len);
     if (exit_hook)
         exit_hook();

@@ -308,7 +308,10 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
             has_stdio[req->fds[i]] = 1;
     }
     /* Park above every source and target, so no dup2 below can clobber a
-     * fd still to be moved. */
+     * fd still to be moved. The cwd fd is parked (and kept) the same way. */
+    int cwd_fd = -1;
+    if ((req->flags & MPROC__F_CWD) && (cwd_fd = fcntl(fds[req->nfds], F_DUPFD_CLOEXEC, base)) < 0)
+        mproc__child_fail(-errno);
     int parked[MPROC__MAX_FDS];
     for (uint32_t i = 0; i < req->nfds; i++)
         if ((parked[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, base)) < 0)
@@ -316,11 +319,13 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
     /* The exit pipe too: its number here may be one the client asked for. */
     if (exit_fd >= 0 && (exit_fd = fcntl(exit_fd, F_DUPFD_CLOEXEC, base)) < 0)
         mproc__child_fail(-errno);
-    int keep[MPROC__MAX_FDS + 1]; /* sorted in place by the call below */
+    int keep[MPROC__MAX_FDS + 2]; /* sorted in place by the call below */
     size_t nkeep = req->nfds;
     memcpy(keep, parked, nkeep * sizeof keep[0]);
     if (exit_fd >= 0)
         keep[nkeep++] = exit_fd;
+    if (cwd_fd >= 0)
+        keep[nkeep++] = cwd_fd;
     mproc__close_fds_except(keep, nkeep);
     for (uint32_t i = 0; i < req->nfds; i++) {
         if (dup2(parked[i], req->fds[i]) < 0) /* dup2 clears FD_CLOEXEC */
@@ -330,6 +335,13 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
     for (int fd = 0; fd <= 2; fd++)
         if (!has_stdio[fd])
             close(fd); /* the client had it closed: so does its child */
+    if (req->flags & MPROC__F_CWD) {
+        /* The client's working directory rode in last; failing to enter
+         * it would run the child somewhere its caller did not mean. */
+        if (fchdir(cwd_fd) < 0)
+            mproc__child_fail(-errno);
+        close(cwd_fd);
+    }
     mproc__child_adopt_exit_fd(exit_fd);
     mproc__reset_signals();
     if ((req->flags & MPROC__F_DAEMON) && mproc__child_bind_to_parent(server) < 0)
@@ -342,7 +354,7 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
 {
     mproc_entry_fn fn = NULL;
     int rc = 0;
-    if (nfds != req->nfds || !(req->flags & MPROC__F_HAS_ENTRY))
+    if (nfds != req->nfds + !!(req->flags & MPROC__F_CWD) || !(req->flags & MPROC__F_HAS_ENTRY))
         rc = MPROC_EPROTO;
     if (rc == 0)
         rc = mproc__entry_resolve(&req->entry, &fn);

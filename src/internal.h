@@ -22,7 +22,7 @@
 #define MPROC__MAX_NAME 255         /* bytes of a process name             */
 #define MPROC__MAX_PATH 4096        /* bytes of a module path              */
 #define MPROC__MAX_BUILD_ID 64      /* bytes of a GNU build-id             */
-#define MPROC__ARG_MAX (64u << 20)  /* bytes of an entry argument          */
+#define MPROC__ARG_MAX MPROC_ARG_MAX /* bytes of an entry argument         */
 
 /* ---- errors.c ----------------------------------------------------------- */
 void mproc__log(mproc_log_level_t level, const char *fmt, ...)
@@ -59,7 +59,8 @@ enum {
 enum {
     MPROC__F_DAEMON = 1u << 0,    /* die with the parent (PDEATHSIG)       */
     MPROC__F_CLOSE_FDS = 1u << 1, /* child must close stray fds itself     */
-    MPROC__F_HAS_ENTRY = 1u << 2  /* the entry field is set                */
+    MPROC__F_HAS_ENTRY = 1u << 2, /* the entry field is set                */
+    MPROC__F_CWD = 1u << 3        /* one more fd, last: the working dir    */
 };
 
 typedef struct {

@@ -128,10 +128,19 @@ int mproc__have_pidfd(void)
     static int known; /* 0 unknown, 1 yes, 2 no; a benign race: same answer */
     int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
     if (!k) {
+        /* pidfd_open came in 5.3, waitid(P_PIDFD) in 5.4: probe both. On
+         * our own pid the wait must fail with ECHILD, not EINVAL. */
+        k = 2;
         int fd = mproc__pidfd_open(getpid());
-        k = fd >= 0 ? 1 : 2;
-        if (fd >= 0)
+        if (fd >= 0) {
+#ifdef HAVE_PIDFD
+            siginfo_t si;
+            if (waitid((idtype_t)P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG) < 0 &&
+                errno == ECHILD)
+                k = 1;
+#endif
             close(fd);
+        }
         __atomic_store_n(&known, k, __ATOMIC_RELAXED);
     }
     return k == 1;

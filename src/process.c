@@ -63,6 +63,8 @@ static int valid_method(int m)
 
 int mproc_set_start_method(mproc_start_method_t method)
 {
+    if (mproc__spawn_uninitialised())
+        return MPROC_ENOINIT;
     if (!valid_method(method) || method == MPROC_START_DEFAULT)
         return -EINVAL;
     atomic_store(&default_method, method);
@@ -76,6 +78,8 @@ mproc_start_method_t mproc_get_start_method(void)
 
 int mproc_set_fork_policy(mproc_fork_policy_t policy)
 {
+    if (mproc__spawn_uninitialised())
+        return MPROC_ENOINIT;
     if ((int)policy < MPROC_FORK_WARN || policy > MPROC_FORK_REFUSE)
         return -EINVAL;
     atomic_store(&fork_policy, policy);
@@ -167,6 +171,8 @@ int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void
     *out = NULL;
     if (!entry || (len && !arg))
         return -EINVAL;
+    if (mproc__spawn_uninitialised())
+        return MPROC_ENOINIT;
     if (len > MPROC__ARG_MAX)
         return -E2BIG;
     const char *name = opts && opts->name ? opts->name : "mproc-child";
@@ -335,7 +341,7 @@ static int start_forkserver(mproc_process_t *p)
         return rc;
     /* The child writes where the caller's stdio points now, not where it
      * pointed when the helper started: the same as under fork and spawn. */
-    int fds[MPROC__MAX_FDS];
+    int fds[MPROC__MAX_FDS + 1];
     uint32_t n = 0;
     for (int fd = 0; fd <= 2; fd++)
         if (fcntl(fd, F_GETFD) >= 0)
@@ -344,8 +350,17 @@ static int start_forkserver(mproc_process_t *p)
         if (p->fds[i] > 2)
             req.fds[n] = fds[n] = p->fds[i], n++;
     req.nfds = n;
+    /* And the working directory, as spawn inherits it (Python's forkserver
+     * does the same). Without one (deleted cwd) the helper's is kept. */
+    int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (cwd >= 0) {
+        fds[n++] = cwd;
+        req.flags |= MPROC__F_CWD;
+    }
     int life_fd;
     rc = mproc__forkserver_fork(&req, fds, n, &p->pid, &life_fd, &p->status_fd);
+    if (cwd >= 0)
+        close(cwd);
     if (rc == 0) {
         if (mproc__have_pidfd())
             p->pidfd = life_fd;

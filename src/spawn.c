@@ -174,14 +174,17 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
         rc = mproc__frame_send(sv[0], buf, len, NULL, 0);
     free(buf);
 
+    /* A child that died early may still have said why (MPROC_ENOINIT from a
+     * main() without mproc_init): read the answer even if the send failed. */
     mproc__reply_t ack = {0};
     size_t nfds;
-    if (rc == 0) {
+    if (rc == 0 || rc == -EPIPE || rc == -ECONNRESET) {
+        int sent = rc;
         rc = mproc__reply_recv(sv[0], &ack, NULL, 0, &nfds, MPROC_FOREVER);
-        if (rc == -EPIPE || rc == -ECONNRESET)
+        if (rc == 0)
+            rc = ack.err < 0 ? ack.err : sent;
+        else if (rc == -EPIPE || rc == -ECONNRESET)
             rc = MPROC_EBOOTSTRAP; /* died before mproc_init could answer */
-        else if (rc == 0)
-            rc = ack.err;
     }
     if (rc < 0) {
         kill_and_reap(pid, pidfd);

@@ -1,0 +1,598 @@
+/*
+ * demo.c - what `make demo` runs: mproc's start methods and the fork
+ * pitfalls it removes, each shown in a few lines of output.
+ *
+ * Every child reports back through a pipe handed over with
+ * mproc_process_pass_fd, and the parent checks what it reads: the demo exits
+ * 0 only if every step behaved as documented. Every wait is bounded (join
+ * with a timeout, kill on timeout), so it always finishes by itself.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <mproc.h>
+#include <poll.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JOIN_MS 2000   /* no step should come near this */
+#define REPORT_MS 2000 /* how long to wait for a child's report */
+#define BUDGET_S 50    /* the whole demo, whatever goes wrong */
+#define MAX_FDS 16
+
+/* Set by the parent after startup: a forked child sees it, a fresh image
+ * (spawn, forkserver) has the initial 0. */
+static int g_configured;
+
+/* Held by a parent thread while children start (P2). */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static pid_t g_parent;
+static int g_failures;
+
+/* What a child is told (copied into it by mproc_process_create). */
+typedef struct {
+    int report_fd; /* write end of the report pipe, same number in the child */
+    int method;
+} job_t;
+
+/* What a child reports: small enough for one atomic pipe write. */
+typedef struct {
+    int pid;
+    int configured;
+    int lock_rc; /* pthread_mutex_timedlock's result, for P2 */
+    int nfds;
+    int fds[MAX_FDS];
+} report_t;
+
+static int report_rd = -1, report_wr = -1;
+
+static const char *method_name(int m)
+{
+    switch (m) {
+    case MPROC_START_FORK:
+        return "fork";
+    case MPROC_START_SPAWN:
+        return "spawn";
+    case MPROC_START_FORKSERVER:
+        return "forkserver";
+    default:
+        return "default";
+    }
+}
+
+static void expect(int ok, const char *what)
+{
+    printf("     %s %s\n", ok ? "ok:" : "UNEXPECTED:", what);
+    if (!ok)
+        g_failures++;
+}
+
+/* The open fds of this process, from /proc/self/fd. */
+static int list_fds(int *fds, int max)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d))
+            continue;
+        if (n < max)
+            fds[n] = fd;
+        n++;
+    }
+    closedir(d);
+    /* readdir order is the kernel's; sort for reading. */
+    for (int i = 1; i < n && i < max; i++)
+        for (int j = i; j > 0 && fds[j - 1] > fds[j]; j--) {
+            int t = fds[j];
+            fds[j] = fds[j - 1];
+            fds[j - 1] = t;
+        }
+    return n;
+}
+
+static void format_fds(char *buf, size_t size, const int *fds, int n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && i < MAX_FDS && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%d", i ? " " : "", fds[i]);
+    if (n > MAX_FDS && used < size)
+        snprintf(buf + used, size - used, " ...");
+}
+
+static int has_fd(const report_t *r, int fd)
+{
+    for (int i = 0; i < r->nfds && i < MAX_FDS; i++)
+        if (r->fds[i] == fd)
+            return 1;
+    return 0;
+}
+
+/* ---- child entries ---------------------------------------------------- */
+
+/* The job a child was given. memcpy, not a cast: the argument's bytes
+ * carry no alignment promise. */
+static job_t job_of(const void *arg, size_t len)
+{
+    job_t job = {.report_fd = -1};
+    if (arg && len == sizeof job)
+        memcpy(&job, arg, sizeof job);
+    return job;
+}
+
+static void send_report(const void *arg, size_t len, report_t *r)
+{
+    job_t job = job_of(arg, len);
+    r->pid = (int)getpid();
+    r->configured = g_configured;
+    /* One write of less than PIPE_BUF bytes: never interleaved. */
+    if (write(job.report_fd, r, sizeof *r) != (ssize_t)sizeof *r)
+        _exit(99);
+}
+
+/* Step 1: say who we are and what we inherited. */
+static int show_inheritance(const void *arg, size_t len)
+{
+    report_t r = {0};
+    r.nfds = list_fds(r.fds, MAX_FDS);
+    char fds[128];
+    format_fds(fds, sizeof fds, r.fds, r.nfds);
+    printf("   %-10s child pid %-7d g_configured=%-3d open fds: %s\n",
+           method_name(job_of(arg, len).method), (int)getpid(), g_configured, fds);
+    send_report(arg, len, &r);
+    return 0;
+}
+
+/* Step 2: exit with a chosen status, or wait to be killed. */
+static int exit_with_3(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    return 3;
+}
+
+static int wait_to_be_killed(const void *arg, size_t len)
+{
+    report_t r = {0};
+    send_report(arg, len, &r); /* "I am running" */
+    sleep(60);                 /* bounded even if nobody kills us */
+    return 1;
+}
+
+/* Step 3: take the lock a parent thread holds. Bounded: a plain lock()
+ * would hang forever in the forked child. */
+static int take_lock(const void *arg, size_t len)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 300 * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    report_t r = {0};
+    r.lock_rc = pthread_mutex_timedlock(&g_lock, &until);
+    if (r.lock_rc == 0)
+        pthread_mutex_unlock(&g_lock);
+    send_report(arg, len, &r);
+    return 0;
+}
+
+/* Step 4: do nothing; whatever the child prints comes from inherited
+ * buffers or from atexit handlers that are not its own. */
+static int do_nothing(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    return 0;
+}
+
+/* ---- parent side -------------------------------------------------------- */
+
+/* Create and start a child that gets the report pipe; NULL and *rc on error. */
+static mproc_process_t *start_child(mproc_entry_fn fn, int method, int daemon, int *rc)
+{
+    job_t job = {.report_fd = report_wr, .method = method};
+    char name[32];
+    snprintf(name, sizeof name, "demo-%s", method_name(method));
+    mproc_process_opts_t opts = {
+        .name = name, .method = (mproc_start_method_t)method, .daemon = daemon};
+    mproc_process_t *p = NULL;
+    *rc = mproc_process_create(&p, fn, &job, sizeof job, &opts);
+    if (*rc == 0)
+        *rc = mproc_process_pass_fd(p, report_wr);
+    if (*rc == 0)
+        *rc = mproc_process_start(p);
+    if (*rc < 0) {
+        mproc_process_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+/* Join within JOIN_MS (kill on timeout), store the exit code and free p.
+ * Returns 0 or the error code of join/exitcode. */
+static int finish(mproc_process_t *p, int *code)
+{
+    int pid = (int)mproc_process_pid(p);
+    int rc = mproc_process_join(p, JOIN_MS);
+    if (rc == -ETIMEDOUT) {
+        printf("     (child %d still running after %d ms: killed)\n", pid, JOIN_MS);
+        mproc_process_kill(p);
+        rc = mproc_process_join(p, JOIN_MS);
+    }
+    if (rc == 0)
+        rc = mproc_process_exitcode(p, code);
+    if (mproc_process_free(p) < 0)
+        printf("     (child %d could not be freed: still running)\n", pid);
+    return rc;
+}
+
+static int read_report(report_t *r)
+{
+    struct pollfd pfd = {.fd = report_rd, .events = POLLIN};
+    int n = poll(&pfd, 1, REPORT_MS);
+    if (n <= 0)
+        return -1;
+    return read(report_rd, r, sizeof *r) == (ssize_t)sizeof *r ? 0 : -1;
+}
+
+static void step_start_methods(void)
+{
+    int fds[MAX_FDS];
+    int n = list_fds(fds, MAX_FDS);
+    char list[128];
+    format_fds(list, sizeof list, fds, n);
+    printf("\n1. Three start methods. The parent set g_configured=42 after startup.\n"
+           "   parent     pid %-13d open fds: %s (report pipe: read %d, write %d)\n",
+           (int)getpid(), list, report_rd, report_wr);
+    fflush(stdout);
+
+    for (int m = MPROC_START_FORK; m <= MPROC_START_FORKSERVER; m++) {
+        int rc, code = -1;
+        mproc_process_t *p = start_child(show_inheritance, m, 0, &rc);
+        if (!p) {
+            printf("   %-10s start failed: %s\n", method_name(m), mproc_strerror(rc));
+            g_failures++;
+            continue;
+        }
+        report_t r;
+        int got = read_report(&r);
+        rc = finish(p, &code);
+        if (got < 0) {
+            expect(0, "the child sent its report");
+            continue;
+        }
+        if (m == MPROC_START_FORK) {
+            expect(r.configured == 42 && has_fd(&r, report_rd),
+                   "a copy of the parent: its globals and all its fds (the pipe's read end too)");
+        } else {
+            /* A fresh image: stdio and the fd handed over, nothing else
+             * (without pidfds, one more: the child's own exit pipe). */
+            int extra = 0;
+            for (int i = 0; i < r.nfds && i < MAX_FDS; i++)
+                if (r.fds[i] > 2 && r.fds[i] != report_wr)
+                    extra++;
+            int allowed = mproc_have_pidfd() ? 0 : 1;
+            expect(r.configured == 0 && has_fd(&r, report_wr) && r.nfds <= MAX_FDS &&
+                       extra <= allowed,
+                   allowed ? "a fresh image: initial globals, fds 0 1 2, the passed pipe and\n"
+                             "         its own exit pipe (no pidfds here)"
+                           : "a fresh image: initial globals, only fds 0 1 2 and the passed pipe");
+        }
+        if (rc < 0 || code != 0)
+            expect(0, "the child exited with status 0");
+    }
+}
+
+static void step_exit_codes(void)
+{
+    printf("\n2. Exit codes (as Python's exitcode: status, or minus the signal).\n");
+    int rc, code = -1;
+    mproc_process_t *p = start_child(exit_with_3, MPROC_START_DEFAULT, 0, &rc);
+    if (p)
+        rc = finish(p, &code);
+    printf("   child returned 3 from its entry: exitcode %d\n", rc < 0 ? rc : code);
+    expect(rc == 0 && code == 3, "exitcode 3");
+
+    /* A daemon: if this demo died now, the child would die with it. */
+    p = start_child(wait_to_be_killed, MPROC_START_DEFAULT, 1, &rc);
+    report_t r;
+    if (p && read_report(&r) == 0) {
+        rc = mproc_process_join(p, 100);
+        printf("   join(100 ms) on a child that sleeps 60 s: %s\n",
+               rc == -ETIMEDOUT ? "-ETIMEDOUT" : mproc_strerror(rc));
+        expect(rc == -ETIMEDOUT, "-ETIMEDOUT, the child still runs");
+        mproc_process_kill(p);
+        rc = finish(p, &code);
+        printf("   mproc_process_kill (SIGKILL): exitcode %d\n", rc < 0 ? rc : code);
+        expect(rc == 0 && code == -SIGKILL, "exitcode -9");
+    } else {
+        printf("   start failed: %s\n", mproc_strerror(rc));
+        g_failures++;
+        if (p)
+            finish(p, &code);
+    }
+}
+
+/* The thread that holds g_lock while the main thread starts children. */
+static sem_t lock_held, lock_release;
+
+static void *hold_lock(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&g_lock);
+    sem_post(&lock_held);
+    while (sem_wait(&lock_release) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_unlock(&g_lock);
+    return NULL;
+}
+
+static void print_log(void *ctx, mproc_log_level_t level, const char *msg)
+{
+    (void)ctx;
+    printf("     [mproc log, level %d] %s\n", (int)level, msg);
+}
+
+static void step_threads(void)
+{
+    printf("\n3. P2: a parent thread holds a mutex while children start.\n");
+    pthread_t t;
+    sem_init(&lock_held, 0, 0);
+    sem_init(&lock_release, 0, 0);
+    if (pthread_create(&t, NULL, hold_lock, NULL) != 0) {
+        expect(0, "pthread_create");
+        return;
+    }
+    while (sem_wait(&lock_held) < 0 && errno == EINTR)
+        ;
+
+    int rc, code;
+    report_t r;
+    mproc_set_fork_policy(MPROC_FORK_REFUSE);
+    mproc_process_t *p = start_child(take_lock, MPROC_START_FORK, 0, &rc);
+    printf("   fork, policy REFUSE: start -> %s\n", p ? "0" : mproc_strerror(rc));
+    expect(!p && rc == MPROC_ETHREADS, "refused with MPROC_ETHREADS, nothing started");
+    if (p)
+        finish(p, &code);
+
+    /* The default policy, WARN: the start goes ahead and the log hook hears
+     * about it. The child inherits the lock, locked, without its owner. */
+    mproc_set_fork_policy(MPROC_FORK_WARN);
+    mproc_set_log(print_log, NULL);
+    p = start_child(take_lock, MPROC_START_FORK, 0, &rc);
+    mproc_set_log(NULL, NULL);
+    if (p && read_report(&r) == 0) {
+        printf("   fork, policy WARN: child %d tried the lock for 300 ms: %s\n", r.pid,
+               r.lock_rc == 0           ? "got it"
+               : r.lock_rc == ETIMEDOUT ? "still locked (ETIMEDOUT)"
+                                        : strerror(r.lock_rc));
+        expect(r.lock_rc == ETIMEDOUT,
+               "the lock is held by a thread that does not exist in the child: a plain\n"
+               "         pthread_mutex_lock would hang forever");
+    } else {
+        expect(0, "fork child started and reported");
+    }
+    if (p)
+        finish(p, &code);
+
+    p = start_child(take_lock, MPROC_START_FORKSERVER, 0, &rc);
+    if (p && read_report(&r) == 0) {
+        printf("   forkserver: child %d tried the lock: %s\n", r.pid,
+               r.lock_rc == 0 ? "got it" : strerror(r.lock_rc));
+        expect(r.lock_rc == 0, "a clean single-threaded image: the lock is free");
+    } else {
+        printf("   forkserver: start -> %s\n", mproc_strerror(rc));
+        expect(0, "forkserver child started and reported");
+    }
+    if (p)
+        finish(p, &code);
+
+    sem_post(&lock_release);
+    pthread_join(t, NULL);
+    sem_destroy(&lock_held);
+    sem_destroy(&lock_release);
+}
+
+#define P13_TEXT "<text buffered before the fork>"
+#define ATEXIT_TEXT "<the parent's atexit handler ran in a child>"
+
+static void parent_atexit(void)
+{
+    /* Silent in the parent; a child that left through exit() would run it. */
+    if (getpid() != g_parent)
+        printf(ATEXIT_TEXT);
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *s = hay; (s = strstr(s, needle)) != NULL; s += strlen(needle))
+        n++;
+    return n;
+}
+
+static void step_stdio(void)
+{
+    printf("\n4. P13: stdout holds unflushed text when a child is forked.\n");
+    fflush(stdout);
+    /* Point stdout at a memory file for this step, to count what lands. */
+    int mem = memfd_create("mproc-demo", MFD_CLOEXEC);
+    int saved = fcntl(1, F_DUPFD_CLOEXEC, 3);
+    if (mem < 0 || saved < 0 || dup2(mem, 1) < 0) {
+        expect(0, "redirect stdout");
+        return;
+    }
+    printf(P13_TEXT); /* no newline: it stays in stdout's buffer */
+    int rc, code = -1;
+    mproc_process_t *p = start_child(do_nothing, MPROC_START_FORK, 0, &rc);
+    if (p)
+        rc = finish(p, &code);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+
+    char buf[1024] = {0};
+    ssize_t got = pread(mem, buf, sizeof buf - 1, 0);
+    close(mem);
+    (void)got;
+    int texts = count(buf, P13_TEXT), handlers = count(buf, ATEXIT_TEXT);
+    printf("   fork child exited (%s); in stdout: the buffered text %d time(s), the\n"
+           "   parent's atexit handler output %d time(s)\n",
+           rc < 0 ? mproc_strerror(rc) : "status 0", texts, handlers);
+    expect(texts == 1, "mproc flushed stdio before fork: written once, not twice");
+    expect(handlers == 0, "the child left through _exit: the parent's atexit handlers did not run");
+}
+
+/* The pidfd this process holds for pid, found through /proc, or -1. */
+static int find_pidfd(pid_t pid)
+{
+    int fds[256];
+    int n = list_fds(fds, 256);
+    for (int i = 0; i < n && i < 256; i++) {
+        char path[64], target[64], line[128];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fds[i]);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len < 0)
+            continue;
+        target[len] = '\0';
+        if (strcmp(target, "anon_inode:[pidfd]") != 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fds[i]);
+        FILE *f = fopen(path, "re");
+        int match = 0;
+        while (f && fgets(line, sizeof line, f))
+            if (strncmp(line, "Pid:", 4) == 0 && atoi(line + 4) == (int)pid)
+                match = 1;
+        if (f)
+            fclose(f);
+        if (match)
+            return fds[i];
+    }
+    return -1;
+}
+
+static void step_pidfd(void)
+{
+    printf("\n5. P11: signals never reach a process that merely reuses a child's pid.\n");
+    int rc, code = -1;
+    mproc_process_t *p = start_child(wait_to_be_killed, MPROC_START_DEFAULT, 1, &rc);
+    report_t r;
+    if (!p || read_report(&r) != 0) {
+        printf("   start failed: %s\n", mproc_strerror(rc));
+        g_failures++;
+        if (p)
+            finish(p, &code);
+        return;
+    }
+    pid_t pid = mproc_process_pid(p);
+    int pidfd = find_pidfd(pid);
+    if (mproc_have_pidfd()) {
+        printf("   child %d: this process holds pidfd %d for it; signals go through it\n", (int)pid,
+               pidfd);
+        expect(pidfd >= 0, "a pidfd for the child is open in this process");
+    } else {
+        printf("   child %d: no pidfds here (old kernel or portable build): signals go\n"
+               "   by pid, and only while the child is not yet collected\n",
+               (int)pid);
+    }
+    rc = mproc_process_signal(p, SIGTERM);
+    expect(rc == 0, "mproc_process_signal(SIGTERM) delivered");
+    rc = mproc_process_join(p, JOIN_MS);
+    if (rc == 0)
+        rc = mproc_process_exitcode(p, &code);
+    printf("   joined: exitcode %d\n", rc < 0 ? rc : code);
+    expect(rc == 0 && code == -SIGTERM, "exitcode -15");
+    /* The pid may now belong to anybody: mproc will not signal it. */
+    rc = mproc_process_signal(p, SIGKILL);
+    printf("   signal after join: %s\n", mproc_strerror(rc));
+    expect(rc == -ESRCH, "-ESRCH: a collected child is never signalled (its pid may be reused)");
+    finish(p, &code);
+}
+
+/* The safety net behind the per-step timeouts: never outstay a minute. */
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\ndemo: gave up: a step hung past the time budget\n";
+    ssize_t n = write(2, msg, sizeof msg - 1);
+    (void)n;
+    _exit(1); /* daemon children die with us (PR_SET_PDEATHSIG) */
+}
+
+int main(int argc, char **argv)
+{
+    /* First thing: a spawned child (and the forkserver helper) takes over
+     * here and never returns. */
+    int rc = mproc_init(&argc, &argv);
+    if (rc < 0) {
+        fprintf(stderr, "mproc_init: %s\n", mproc_strerror(rc));
+        return 1;
+    }
+    /* Make sure fds 0-2 are open, so the pipe below is not taken for stdio. */
+    int null_fd;
+    while ((null_fd = open("/dev/null", O_RDWR)) >= 0 && null_fd <= 2)
+        ; /* kept: it is stdio now (no O_CLOEXEC: children need it) */
+    if (null_fd > 2)
+        close(null_fd);
+    /* Start the forkserver helper now, while this process is small and has
+     * no threads (it would be started on first use otherwise). */
+    rc = mproc_forkserver_start(NULL, NULL, 0);
+    if (rc < 0)
+        fprintf(stderr, "mproc_forkserver_start: %s\n", mproc_strerror(rc));
+
+    /* Line buffering keeps the parent's and the children's lines in order
+     * when stdout is a pipe. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    g_parent = getpid();
+    atexit(parent_atexit);
+    signal(SIGALRM, on_alarm);
+    alarm(BUDGET_S);
+    g_configured = 42;
+
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        perror("pipe2");
+        return 1;
+    }
+    report_rd = pfd[0];
+    report_wr = pfd[1];
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    printf("mproc %s demo: parent pid %d, default start method %s, forkserver pid %d\n",
+           mproc_version(), (int)getpid(), method_name(mproc_get_start_method()),
+           (int)mproc_forkserver_pid());
+
+    step_start_methods();
+    step_exit_codes();
+    step_threads();
+    step_stdio();
+    step_pidfd();
+
+    mproc_forkserver_stop();
+    close(report_rd);
+    close(report_wr);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    if (g_failures) {
+        printf("\ndemo: %d unexpected result(s) (%.0f ms)\n", g_failures, ms);
+        return 1;
+    }
+    printf("\ndemo: everything as documented (%.0f ms)\n", ms);
+    return 0;
+}
