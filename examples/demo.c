@@ -123,8 +123,7 @@ static int has_fd(const report_t *r, int fd)
 
 /* ---- child entries ---------------------------------------------------- */
 
-/* The job a child was given. memcpy, not a cast: the argument's bytes
- * carry no alignment promise. */
+/* The job a child was given, checked for size before it is read. */
 static job_t job_of(const void *arg, size_t len)
 {
     job_t job = {.report_fd = -1};

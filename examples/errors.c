@@ -57,7 +57,6 @@ int main(int argc, char **argv)
         {MPROC_EPROTO, "MPROC_EPROTO"},
         {MPROC_ESTATUS, "MPROC_ESTATUS"},
         {MPROC_ENOINIT, "MPROC_ENOINIT"},
-        {MPROC_EUNSUPPORTED, "MPROC_EUNSUPPORTED"},
     };
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         printf("   %-18s %6d  %s\n", codes[i].name, codes[i].code, mproc_strerror(codes[i].code));

@@ -46,7 +46,7 @@ static int linger(const void *arg, size_t len)
 {
     int ms = 0;
     if (len == sizeof ms)
-        memcpy(&ms, arg, sizeof ms); /* not a cast: arg may be unaligned */
+        memcpy(&ms, arg, sizeof ms); /* or *(const int *)arg: arg is aligned */
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
     return 0;

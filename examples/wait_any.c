@@ -17,7 +17,7 @@ static int nap(const void *arg, size_t len)
 {
     int ms = 0;
     if (len == sizeof ms)
-        memcpy(&ms, arg, sizeof ms); /* not a cast: arg may be unaligned */
+        memcpy(&ms, arg, sizeof ms); /* or *(const int *)arg: arg is aligned */
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
     return ms / 100; /* exit status 3, 1, 2 */

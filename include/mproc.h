@@ -49,8 +49,7 @@ enum {
     MPROC_ESERVER = -10005,     /* forkserver died or cannot be reached     */
     MPROC_EPROTO = -10006,      /* malformed message from another process   */
     MPROC_ESTATUS = -10007,     /* child exited but its status was lost     */
-    MPROC_ENOINIT = -10008,     /* spawned child's main skipped mproc_init  */
-    MPROC_EUNSUPPORTED = -10009 /* not available on this kernel / build     */
+    MPROC_ENOINIT = -10008      /* spawned child's main skipped mproc_init  */
 };
 
 /*

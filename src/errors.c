@@ -38,8 +38,6 @@ const char *mproc_strerror(int code)
         return "child exited but its exit status was lost with its forkserver";
     case MPROC_ENOINIT:
         return "spawned child's main() did not call mproc_init()";
-    case MPROC_EUNSUPPORTED:
-        return "not supported on this kernel or build";
     }
     if (code < 0 && code > -4096) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -169,9 +170,9 @@ static int fs_call_locked(const mproc__request_t *req, const int *fds, size_t nf
                           mproc__reply_t *reply, int *rfds, size_t *nr)
 {
     if (!fs_alive_locked()) {
-        int rc = fs_start_locked();
+        int rc = fs_start_locked(); /* its own error says why best */
         if (rc < 0)
-            return rc == -ENOMEM ? rc : MPROC_ESERVER;
+            return rc;
     }
     void *buf;
     size_t len;
@@ -438,12 +439,17 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
             mproc__child_fail(rc);
         }
     }
+    /* Whatever preload left in stdio buffers must not reach every child. */
+    fflush(NULL);
     mproc__reply_send(sock, 0, getpid(), NULL, 0);
 
     for (;;) {
         struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigchld_pipe[0], .events = POLLIN}};
-        if (poll(pfd, 2, -1) < 0)
-            continue; /* EINTR from SIGCHLD */
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR) /* SIGCHLD */
+                continue;
+            break;
+        }
         if (pfd[1].revents)
             reap_children();
         if (!pfd[0].revents)

@@ -273,20 +273,20 @@ static int start_fork(mproc_process_t *p)
             close(ep[0]);
         return err;
     }
-    p->pid = pid;
-    p->exit_pipe = ep[0];
     if (ep[0] < 0) {
-        p->pidfd = mproc__pidfd_open(pid); /* race-free: not reaped yet */
-        if (p->pidfd < 0) {
+        int pidfd = mproc__pidfd_open(pid); /* race-free: not reaped yet */
+        if (pidfd < 0) {
             /* Cannot fail on a kernel that gave us one before, short of
              * running out of fds: do not leave an unwatchable child. */
-            int code, err = p->pidfd;
+            int code;
             kill(pid, SIGKILL);
             mproc__reap(pid, -1, 1, &code);
-            p->pidfd = -1;
-            return err;
+            return pidfd;
         }
+        p->pidfd = pidfd;
     }
+    p->pid = pid;
+    p->exit_pipe = ep[0];
     return 0;
 }
 

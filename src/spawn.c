@@ -95,9 +95,15 @@ static int build_fd_actions(posix_spawn_file_actions_t *fa, const int *keep, siz
     return child_closes;
 }
 
-static void kill_and_reap(pid_t pid, int pidfd)
+/* Collect a child that failed to start. One that said why is leaving by
+ * itself: give it a moment to finish its exit (killing it mid-exit can
+ * orphan helpers of its own, such as a sanitizer's tracer), then kill. */
+static void kill_and_reap(pid_t pid, int pidfd, int leaving)
 {
     int code;
+    if (leaving && pidfd >= 0 && mproc__poll1(pidfd, POLLIN, 5000, NULL) > 0 &&
+        mproc__reap(pid, pidfd, 0, &code) == 1)
+        return;
     if (pidfd >= 0)
         mproc__pidfd_signal(pidfd, SIGKILL);
     else
@@ -162,14 +168,17 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
 
     /* Our unreaped child cannot have its pid reused, so this is race-free
      * unless someone else reaps our children (SIGCHLD set to SIG_IGN). */
-    int pidfd = mproc__pidfd_open(pid);
+    int pidfd = mproc__have_pidfd() ? mproc__pidfd_open(pid) : -ENOSYS;
+    if (pidfd < 0 && pidfd != -ENOSYS)
+        rc = pidfd; /* out of fds: a child we cannot watch must not run */
     if (pidfd < 0)
         pidfd = -1;
 
     req->ppid = (int32_t)getpid();
     void *buf = NULL;
     size_t len = 0;
-    rc = mproc__request_encode(req, &buf, &len);
+    if (rc == 0)
+        rc = mproc__request_encode(req, &buf, &len);
     if (rc == 0)
         rc = mproc__frame_send(sv[0], buf, len, NULL, 0);
     free(buf);
@@ -187,7 +196,7 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
             rc = MPROC_EBOOTSTRAP; /* died before mproc_init could answer */
     }
     if (rc < 0) {
-        kill_and_reap(pid, pidfd);
+        kill_and_reap(pid, pidfd, ack.err < 0 || rc == MPROC_EBOOTSTRAP);
         if (pidfd >= 0)
             close(pidfd);
         close(sv[0]);
