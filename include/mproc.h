@@ -42,14 +42,14 @@ const char *mproc_version(void);
 
 /* mproc's own codes, beyond the errno range. */
 enum {
-    MPROC_ESTATE = -10001,      /* call not valid in the object's state     */
-    MPROC_ETHREADS = -10002,    /* fork refused: the caller has threads     */
-    MPROC_EBOOTSTRAP = -10003,  /* spawned child failed before its entry    */
-    MPROC_EENTRY = -10004,      /* entry function cannot cross exec         */
-    MPROC_ESERVER = -10005,     /* forkserver died or cannot be reached     */
-    MPROC_EPROTO = -10006,      /* malformed message from another process   */
-    MPROC_ESTATUS = -10007,     /* child exited but its status was lost     */
-    MPROC_ENOINIT = -10008      /* spawned child's main skipped mproc_init  */
+    MPROC_ESTATE = -10001,     /* call not valid in the object's state     */
+    MPROC_ETHREADS = -10002,   /* fork refused: the caller has threads     */
+    MPROC_EBOOTSTRAP = -10003, /* spawned child failed before its entry    */
+    MPROC_EENTRY = -10004,     /* entry function cannot cross exec         */
+    MPROC_ESERVER = -10005,    /* forkserver died or cannot be reached     */
+    MPROC_EPROTO = -10006,     /* malformed message from another process   */
+    MPROC_ESTATUS = -10007,    /* child exited but its status was lost     */
+    MPROC_ENOINIT = -10008     /* spawned child's main skipped mproc_init  */
 };
 
 /*
@@ -106,10 +106,10 @@ int mproc_init(int *argc, char ***argv);
 #define MPROC_FOREVER (-1)
 
 typedef enum {
-    MPROC_START_DEFAULT = 0, /* the global default, see mproc_set_start_method */
-    MPROC_START_FORK = 1,       /* fork() of the caller: inherits everything     */
-    MPROC_START_SPAWN = 2,      /* fresh exec of the same executable             */
-    MPROC_START_FORKSERVER = 3  /* forked by a clean single-threaded helper      */
+    MPROC_START_DEFAULT = 0,   /* the global default, see mproc_set_start_method */
+    MPROC_START_FORK = 1,      /* fork() of the caller: inherits everything     */
+    MPROC_START_SPAWN = 2,     /* fresh exec of the same executable             */
+    MPROC_START_FORKSERVER = 3 /* forked by a clean single-threaded helper      */
 } mproc_start_method_t;
 
 /*
@@ -175,14 +175,14 @@ typedef struct {
  *    start; a forkserver child has those of the helper, as they were when
  *    the helper started (as with Python's forkserver).
  * In every method the child starts with every signal at its default action
- * and none blocked.
+ * and none blocked. A daemon child is killed (SIGKILL) when its parent
+ * exits, however it exits (see docs/process.md for the thread caveat); a
+ * non-daemon child is joined at the parent's normal exit.
  *
  * A mproc_process_t may be used from several threads at once, except that
  * free must not race with any other call on it. mproc reaps its own
  * children: a program that reaps them behind its back (waitpid(-1), or
- * SIGCHLD set to SIG_IGN) makes join report -ECHILD. A daemon child is killed (SIGKILL) when its parent
- * exits, however it exits (see docs/process.md for the thread caveat); a
- * non-daemon child is joined at the parent's normal exit.
+ * SIGCHLD set to SIG_IGN) makes join report -ECHILD.
  */
 int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void *arg, size_t len,
                          const mproc_process_opts_t *opts);

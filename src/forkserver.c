@@ -444,7 +444,8 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
     mproc__reply_send(sock, 0, getpid(), NULL, 0);
 
     for (;;) {
-        struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigchld_pipe[0], .events = POLLIN}};
+        struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN},
+                                {.fd = sigchld_pipe[0], .events = POLLIN}};
         if (poll(pfd, 2, -1) < 0) {
             if (errno == EINTR) /* SIGCHLD */
                 continue;
@@ -459,8 +460,8 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
         int fds[MPROC__MAX_FDS];
         /* A frame that starts must finish promptly; a client that stalls
          * mid-frame is broken, and we leave as if it had closed. */
-        int rc = mproc__frame_recv(sock, MPROC__ARG_MAX + 65536, &buf, &len, fds,
-                                   MPROC__MAX_FDS, &nfds, 30000);
+        int rc = mproc__frame_recv(sock, MPROC__ARG_MAX + 65536, &buf, &len, fds, MPROC__MAX_FDS,
+                                   &nfds, 30000);
         if (rc < 0)
             break;
         mproc__request_t req;

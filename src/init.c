@@ -40,8 +40,8 @@ int mproc_init(int *argc, char ***argv)
     if (req.flags & MPROC__F_DAEMON)
         rc = mproc__child_bind_to_parent(req.ppid);
     if (rc == 0)
-        rc = (req.flags & MPROC__F_HAS_ENTRY) ? mproc__entry_resolve(&req.entry, &fn)
-                                               : MPROC_EPROTO;
+        rc =
+            (req.flags & MPROC__F_HAS_ENTRY) ? mproc__entry_resolve(&req.entry, &fn) : MPROC_EPROTO;
     if (req.exit_fd >= 0)
         mproc__child_adopt_exit_fd(req.exit_fd);
     mproc__reply_send(sock, rc, getpid(), NULL, 0);

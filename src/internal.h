@@ -18,10 +18,10 @@
 #define MPROC__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- limits of what crosses a process boundary -------------------------- */
-#define MPROC__MAX_FDS 253          /* fds in one request (SCM_MAX_FD)     */
-#define MPROC__MAX_NAME 255         /* bytes of a process name             */
-#define MPROC__MAX_PATH 4096        /* bytes of a module path              */
-#define MPROC__MAX_BUILD_ID 64      /* bytes of a GNU build-id             */
+#define MPROC__MAX_FDS 253           /* fds in one request (SCM_MAX_FD)     */
+#define MPROC__MAX_NAME 255          /* bytes of a process name             */
+#define MPROC__MAX_PATH 4096         /* bytes of a module path              */
+#define MPROC__MAX_BUILD_ID 64       /* bytes of a GNU build-id             */
 #define MPROC__ARG_MAX MPROC_ARG_MAX /* bytes of an entry argument         */
 
 /* ---- errors.c ----------------------------------------------------------- */
@@ -38,12 +38,12 @@ int mproc__atfork_child(void (*fn)(void));
 
 /* A function pointer as (module, offset): survives ASLR across exec. */
 typedef struct {
-    uint8_t is_main;                 /* the executable itself            */
-    uint8_t build_id_len;            /* 0: the module has no build-id    */
+    uint8_t is_main;      /* the executable itself            */
+    uint8_t build_id_len; /* 0: the module has no build-id    */
     uint8_t build_id[MPROC__MAX_BUILD_ID];
-    const char *path;                /* module path ("" for the main)    */
-    uint64_t offset;                 /* from the module's load base      */
-    uint64_t dev, ino, mtime_ns;     /* file identity when no build-id   */
+    const char *path;            /* module path ("" for the main)    */
+    uint64_t offset;             /* from the module's load base      */
+    uint64_t dev, ino, mtime_ns; /* file identity when no build-id   */
 } mproc__entry_ref_t;
 
 int mproc__entry_ref_of(mproc_entry_fn fn, mproc__entry_ref_t *ref);
@@ -66,9 +66,9 @@ enum {
 typedef struct {
     uint32_t type;
     uint32_t flags;
-    int32_t ppid;       /* the parent the child must still have           */
-    int32_t exit_fd;    /* fallback exit pipe's write end, or -1          */
-    int32_t pid, sig;   /* MPROC__REQ_SIGNAL                              */
+    int32_t ppid;     /* the parent the child must still have           */
+    int32_t exit_fd;  /* fallback exit pipe's write end, or -1          */
+    int32_t pid, sig; /* MPROC__REQ_SIGNAL                              */
     mproc__entry_ref_t entry;
     const char *name;
     uint32_t nfds;

@@ -135,8 +135,7 @@ int mproc__have_pidfd(void)
         if (fd >= 0) {
 #ifdef HAVE_PIDFD
             siginfo_t si;
-            if (waitid((idtype_t)P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG) < 0 &&
-                errno == ECHILD)
+            if (waitid((idtype_t)P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG) < 0 && errno == ECHILD)
                 k = 1;
 #endif
             close(fd);
@@ -297,7 +296,7 @@ int mproc__close_fds_except(int *keep, size_t n)
         rc = close_range_gap(lo, ~0U);
     if (rc == 0)
         return 0;
-    /* -ENOSYS on an old kernel: fall through to the walk. */
+        /* -ENOSYS on an old kernel: fall through to the walk. */
 #endif
     return close_fds_walk(keep, n);
 }

@@ -38,9 +38,9 @@ struct mproc_process {
     state_t state;
     pid_t owner; /* the process that started it */
     pid_t pid;
-    int pidfd;      /* -1 when the kernel or build has none            */
-    int exit_pipe;  /* without pidfd: EOF when the child exits, or -1  */
-    int status_fd;  /* forkserver: the helper writes the exit code     */
+    int pidfd;       /* -1 when the kernel or build has none            */
+    int exit_pipe;   /* without pidfd: EOF when the child exits, or -1  */
+    int status_fd;   /* forkserver: the helper writes the exit code     */
     int helper_lost; /* forkserver: status_fd ended without a status   */
     int exitcode;
     int status_err; /* MPROC_ESTATUS when the forkserver lost it */

@@ -23,11 +23,11 @@
 /* ---- entry references ----------------------------------------------------- */
 
 typedef struct {
-    uintptr_t addr;       /* parent: the function to locate             */
+    uintptr_t addr;                 /* parent: the function to locate             */
     const mproc__entry_ref_t *want; /* child: the module to find       */
     mproc__entry_ref_t *ref;
-    uintptr_t base;       /* child: load base of the match              */
-    int exec_ok;          /* the address lies in an executable segment  */
+    uintptr_t base; /* child: load base of the match              */
+    int exec_ok;    /* the address lies in an executable segment  */
     int index, found;
 } dl_search_t;
 
@@ -46,8 +46,8 @@ static void read_build_id(const struct dl_phdr_info *info, mproc__entry_ref_t *r
             const uint8_t *name = p + sizeof *nh, *desc = name + namesz;
             if (desc + descsz > end)
                 break;
-            if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 &&
-                memcmp(name, "GNU", 4) == 0 && nh->n_descsz <= MPROC__MAX_BUILD_ID) {
+            if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 && memcmp(name, "GNU", 4) == 0 &&
+                nh->n_descsz <= MPROC__MAX_BUILD_ID) {
                 ref->build_id_len = (uint8_t)nh->n_descsz;
                 memcpy(ref->build_id, desc, nh->n_descsz);
                 return;
@@ -187,8 +187,14 @@ static void put(wbuf_t *w, const void *src, size_t n)
     w->len += n;
 }
 
-static void put_u32(wbuf_t *w, uint32_t v) { put(w, &v, sizeof v); }
-static void put_u64(wbuf_t *w, uint64_t v) { put(w, &v, sizeof v); }
+static void put_u32(wbuf_t *w, uint32_t v)
+{
+    put(w, &v, sizeof v);
+}
+static void put_u64(wbuf_t *w, uint64_t v)
+{
+    put(w, &v, sizeof v);
+}
 
 static void put_str(wbuf_t *w, const char *s)
 {

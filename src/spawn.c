@@ -29,8 +29,7 @@
 
 extern char **environ;
 
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34) &&                              \
-    !defined(MPROC_NO_FASTPATHS)
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34) && !defined(MPROC_NO_FASTPATHS)
 #define HAVE_ADDCLOSEFROM 1
 #endif
 
@@ -213,8 +212,8 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
 
 /* ---- child side ------------------------------------------------------------ */
 
-static int spawn_fd = -1;      /* the request socket, from the environment */
-static int uninitialised;      /* spawned, and mproc_init not reached yet  */
+static int spawn_fd = -1; /* the request socket, from the environment */
+static int uninitialised; /* spawned, and mproc_init not reached yet  */
 
 static int parse_env(const char *v, int *fd, pid_t *ppid)
 {
@@ -281,8 +280,8 @@ int mproc__spawn_receive(mproc__request_t *req, void **buf, int *sock)
     mproc__set_cloexec(fd, 1);
 
     size_t len, nfds;
-    int rc = mproc__frame_recv(fd, MPROC__ARG_MAX + 65536, buf, &len, NULL, 0, &nfds,
-                               MPROC_FOREVER);
+    int rc =
+        mproc__frame_recv(fd, MPROC__ARG_MAX + 65536, buf, &len, NULL, 0, &nfds, MPROC_FOREVER);
     if (rc == 0)
         rc = mproc__request_decode(*buf, len, req);
     if (rc == 0 && req->type != MPROC__REQ_CHILD && req->type != MPROC__REQ_SERVER)
