@@ -14,15 +14,6 @@
 #include "mproc.h"
 #include "testutil.h"
 
-#define T_MS 10000
-
-static int entry_zero(const void *arg, size_t len)
-{
-    (void)arg;
-    (void)len;
-    return 0;
-}
-
 /* The documented initial values (first case: nothing changed them yet). */
 static void test_defaults(void)
 {
@@ -43,23 +34,23 @@ static void test_create_bad_args(void)
 {
     mproc_process_t *p = NULL;
     int one = 1;
-    TU_CHECK_EQ_INT(mproc_process_create(NULL, entry_zero, NULL, 0, NULL), -EINVAL);
+    TU_CHECK_EQ_INT(mproc_process_create(NULL, tu_entry_zero, NULL, 0, NULL), -EINVAL);
     TU_CHECK_EQ_INT(mproc_process_create(&p, NULL, NULL, 0, NULL), -EINVAL);
     TU_CHECK(p == NULL);
-    TU_CHECK_EQ_INT(mproc_process_create(&p, entry_zero, NULL, 4, NULL), -EINVAL);
+    TU_CHECK_EQ_INT(mproc_process_create(&p, tu_entry_zero, NULL, 4, NULL), -EINVAL);
     TU_CHECK(p == NULL);
     static const int bad_methods[] = {-1, 4, 99, INT_MAX, INT_MIN};
     for (size_t i = 0; i < sizeof bad_methods / sizeof bad_methods[0]; i++) {
         tu_context("method=%d", bad_methods[i]);
         mproc_process_opts_t o = {NULL, (mproc_start_method_t)bad_methods[i], 0};
         p = NULL;
-        int rc = mproc_process_create(&p, entry_zero, &one, sizeof one, &o);
+        int rc = mproc_process_create(&p, tu_entry_zero, &one, sizeof one, &o);
         if (rc == 0) {
             /* accepted at create? then start must refuse, with no child */
             int src = mproc_process_start(p);
             TU_CHECK_EQ_INT(src, -EINVAL);
             if (src == 0)
-                mproc_process_join(p, T_MS);
+                mproc_process_join(p, TU_T_MS);
             mproc_process_free(p);
             tu_fail(__FILE__, __LINE__, "create accepted an invalid method %d", bad_methods[i]);
         } else {
@@ -95,10 +86,10 @@ static void test_exitcode_null_out(void)
 {
     mproc_process_opts_t o = {NULL, MPROC_START_FORK, 0};
     mproc_process_t *p = NULL;
-    TU_REQUIRE_OK(mproc_process_create(&p, entry_zero, NULL, 0, &o));
+    TU_REQUIRE_OK(mproc_process_create(&p, tu_entry_zero, NULL, 0, &o));
     TU_CHECK_EQ_INT(mproc_process_exitcode(p, NULL), -EINVAL);
     TU_CHECK_OK(mproc_process_start(p));
-    TU_CHECK_OK(mproc_process_join(p, T_MS));
+    TU_CHECK_OK(mproc_process_join(p, TU_T_MS));
     TU_CHECK_EQ_INT(mproc_process_exitcode(p, NULL), -EINVAL);
     int code = -1;
     TU_CHECK_OK(mproc_process_exitcode(p, &code));
@@ -116,9 +107,9 @@ static void test_start_method_values(void)
         TU_CHECK_EQ_INT(mproc_get_start_method(), before);
     }
     tu_context(NULL);
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        TU_CHECK_OK(mproc_set_start_method(tu_methods[mi]));
-        TU_CHECK_EQ_INT(mproc_get_start_method(), tu_methods[mi]);
+    TU_FOR_EACH_METHOD(m) {
+        TU_CHECK_OK(mproc_set_start_method(m));
+        TU_CHECK_EQ_INT(mproc_get_start_method(), m);
     }
     /* DEFAULT as the default is meaningless: refused, or taken to mean the
      * initial default; either way the getter names a concrete method */
@@ -149,12 +140,10 @@ static void test_fork_policy_values(void)
 
 static void test_pass_fd_bad(void)
 {
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
-        tu_context("method=%s", tu_method_name(m));
+    TU_FOR_EACH_METHOD(m) {
         mproc_process_opts_t o = {NULL, m, 0};
         mproc_process_t *p = NULL;
-        TU_REQUIRE_OK(mproc_process_create(&p, entry_zero, NULL, 0, &o));
+        TU_REQUIRE_OK(mproc_process_create(&p, tu_entry_zero, NULL, 0, &o));
         static const int bad_fds[] = {-1, -100, INT_MIN};
         for (size_t i = 0; i < sizeof bad_fds / sizeof bad_fds[0]; i++) {
             int rc = mproc_process_pass_fd(p, bad_fds[i]);
@@ -167,19 +156,13 @@ static void test_pass_fd_bad(void)
         /* the object is still usable after the refusals */
         TU_CHECK_OK(mproc_process_pass_fd(p, 2));
         TU_CHECK_OK(mproc_process_start(p));
-        TU_CHECK_OK(mproc_process_join(p, T_MS));
-        int code = -1;
-        TU_CHECK_OK(mproc_process_exitcode(p, &code));
-        TU_CHECK_EQ_INT(code, 0);
-        TU_CHECK_OK(mproc_process_free(p));
+        TU_CHECK_EQ_INT(tu_join_free(p), 0);
     }
 }
 
 static void test_bad_signal_and_timeout(void)
 {
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
-        tu_context("method=%s", tu_method_name(m));
+    TU_FOR_EACH_METHOD(m) {
         tu_blocked_t b;
         TU_REQUIRE_OK(tu_start_blocked(&b, m, NULL, 3));
         static const int bad_sigs[] = {12345, -1, -SIGTERM, NSIG, NSIG + 1, INT_MAX, INT_MIN};
@@ -199,11 +182,7 @@ static void test_bad_signal_and_timeout(void)
         }
         /* none of that disturbed the child */
         TU_CHECK_EQ_INT(mproc_process_is_alive(b.p), 1);
-        TU_CHECK_OK(tu_release(&b));
-        TU_CHECK_OK(mproc_process_join(b.p, T_MS));
-        int code = -1;
-        TU_CHECK_OK(mproc_process_exitcode(b.p, &code));
-        TU_CHECK_EQ_INT(code, 3);
+        TU_CHECK_EQ_INT(tu_release_join(&b), 3);
         /* bad arguments are still bad after the child was collected */
         TU_CHECK_EQ_INT(mproc_process_join(b.p, -2), -EINVAL);
         tu_blocked_cleanup(&b);
@@ -212,7 +191,7 @@ static void test_bad_signal_and_timeout(void)
 
 static void test_forkserver_bad_args(void)
 {
-    TU_CHECK_EQ_INT(mproc_forkserver_start(entry_zero, NULL, 1), -EINVAL);
+    TU_CHECK_EQ_INT(mproc_forkserver_start(tu_entry_zero, NULL, 1), -EINVAL);
     TU_CHECK_EQ_INT(mproc_forkserver_start(NULL, NULL, 16), -EINVAL);
     TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
     TU_CHECK_EQ_INT(tu_count_children(NULL, 0), 0);
@@ -255,7 +234,7 @@ static void test_library_prints_nothing(void)
 
     int rcs[16], k = 0;
     mproc_process_t *p = NULL;
-    rcs[k++] = mproc_process_create(NULL, entry_zero, NULL, 0, NULL);
+    rcs[k++] = mproc_process_create(NULL, tu_entry_zero, NULL, 0, NULL);
     rcs[k++] = mproc_process_create(&p, NULL, NULL, 0, NULL);
     rcs[k++] = mproc_process_start(NULL);
     rcs[k++] = mproc_set_start_method((mproc_start_method_t)99);
@@ -264,7 +243,7 @@ static void test_library_prints_nothing(void)
     for (int mi = 0; mi < TU_NMETHODS; mi++) {
         mproc_process_opts_t o = {NULL, tu_methods[mi], 0};
         p = NULL;
-        int rc = mproc_process_create(&p, entry_zero, NULL, 0, &o);
+        int rc = mproc_process_create(&p, tu_entry_zero, NULL, 0, &o);
         if (rc == 0) {
             mproc_process_join(p, 0);     /* not started */
             mproc_process_pass_fd(p, -3); /* invalid */
@@ -272,7 +251,7 @@ static void test_library_prints_nothing(void)
             if (rc == 0) {
                 mproc_process_signal(p, 12345);
                 mproc_process_join(p, -5);
-                mproc_process_join(p, T_MS);
+                mproc_process_join(p, TU_T_MS);
                 mproc_process_signal(p, SIGTERM); /* collected: -ESRCH */
                 mproc_process_start(p);           /* twice */
             }
@@ -289,7 +268,7 @@ static void test_library_prints_nothing(void)
     close(saved1);
     close(saved2);
     char buf[512];
-    ssize_t n = tu_read_all(fds[0], buf, sizeof buf - 1, T_MS);
+    ssize_t n = tu_read_all(fds[0], buf, sizeof buf - 1, TU_T_MS);
     close(fds[0]);
     TU_CHECK_OK(src);
     TU_CHECK_EQ_INT(n, 0);

@@ -18,8 +18,6 @@
 #include "mproc.h"
 #include "testutil.h"
 
-#define T_MS 10000
-
 typedef struct {
     char kind; /* 'M' from the intermediate, 'C' from the child, 'D' child done */
     pid_t pid;
@@ -64,15 +62,14 @@ typedef struct {
     int daemon;
     int rep_w; /* to the test */
     int rel_r; /* for the child, -1: child blocks forever */
-    int go_r;  /* the intermediate waits for a byte here before leaving, -1: no */
-    int how;   /* 0: block forever (to be killed), 1: exit(0) */
-    int close_fds[4];
+    int go_r;  /* a byte here makes the intermediate exit(0); -1: it blocks until killed */
+    int close_fds[3];
 } mid_ctx_t;
 
 static int intermediate(void *vctx)
 {
     mid_ctx_t *c = vctx;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 3; i++)
         if (c->close_fds[i] >= 0)
             close(c->close_fds[i]);
     child_arg_t a = {c->rep_w, c->rel_r, 17};
@@ -91,15 +88,13 @@ static int intermediate(void *vctx)
     }
     msg_t m = {'M', mproc_process_pid(p), mproc_forkserver_pid()};
     tu_write_full(c->rep_w, &m, sizeof m);
-    if (c->go_r >= 0) {
-        char ch;
-        if (tu_read_full(c->go_r, &ch, 1, T_MS) != 1)
-            return 11;
-    }
-    if (c->how == 0) {
+    if (c->go_r < 0) {
         for (;;)
             pause();
     }
+    char ch;
+    if (tu_read_full(c->go_r, &ch, 1, TU_T_MS) != 1)
+        return 11;
     /* a normal exit with the process object still alive: the library's exit
      * path deals with the child */
     exit(0);
@@ -113,7 +108,7 @@ static int read_hello(int rep_r, msg_t *mid, msg_t *child)
     mid->kind = child->kind = 0;
     for (int i = 0; i < 2; i++) {
         msg_t m;
-        ssize_t n = tu_read_full(rep_r, &m, sizeof m, T_MS);
+        ssize_t n = tu_read_full(rep_r, &m, sizeof m, TU_T_MS);
         if (n != (ssize_t)sizeof m) {
             tu_fail(__FILE__, __LINE__, "no hello message #%d (%zd)", i, n);
             return -1;
@@ -132,255 +127,190 @@ static int read_hello(int rep_r, msg_t *mid, msg_t *child)
     return 0;
 }
 
-/* Wait for a process (not necessarily our child) to die, then reap it if it
- * ended up as our zombie. */
-static int wait_gone(int pidfd, pid_t pid, int timeout_ms)
+/* The scene: the test, a raw-forked intermediate, its mproc child. */
+enum {
+    DAEMON = 1,       /* the child is a daemon */
+    CHILD_WAITS = 2,  /* the child exits when released (else it blocks forever) */
+    PARENT_EXITS = 4, /* the intermediate exit(0)s when let go (else it blocks) */
+};
+
+typedef struct {
+    pid_t ipid; /* the intermediate */
+    int ipidfd;
+    int rep_r;        /* the messages of both */
+    int rel_w;        /* CHILD_WAITS: releases the child */
+    int go_w;         /* PARENT_EXITS: lets the intermediate go */
+    msg_t mid, child; /* their hello messages */
+    int cfd;          /* pidfd of the child, or -1 */
+} scene_t;
+
+/* Set the scene up (flags: DAEMON | CHILD_WAITS | PARENT_EXITS) and read the
+ * hellos. 0, or -1 with everything cleaned up. */
+static int scene_start(scene_t *s, mproc_start_method_t m, int flags)
 {
-    int r = tu_wait_readable(pidfd, timeout_ms);
-    if (r != 1)
+    tu_context("method=%s", tu_method_name(m));
+    int rep[2], rel[2] = {-1, -1}, go[2] = {-1, -1};
+    if (tu_pipe(rep) != 0)
         return -1;
-    tu_try_reap(pid, NULL);
+    if (((flags & CHILD_WAITS) && tu_pipe(rel) != 0) ||
+        ((flags & PARENT_EXITS) && tu_pipe(go) != 0)) {
+        int *all[] = {&rep[0], &rep[1], &rel[0], &rel[1], &go[0], &go[1]};
+        for (int i = 0; i < 6; i++)
+            tu_close(all[i]);
+        return -1;
+    }
+    mid_ctx_t c = {m, !!(flags & DAEMON), rep[1], rel[0], go[0], {rep[0], rel[1], go[1]}};
+    s->ipidfd = -1;
+    s->ipid = tu_fork(intermediate, &c, &s->ipidfd);
+    close(rep[1]);
+    tu_close(&rel[0]);
+    tu_close(&go[0]);
+    s->rep_r = rep[0];
+    s->rel_w = rel[1];
+    s->go_w = go[1];
+    s->cfd = -1;
+    if (!TU_CHECK(s->ipid > 0) || read_hello(s->rep_r, &s->mid, &s->child) != 0) {
+        tu_kill_child(s->ipid, s->ipidfd);
+        tu_close(&s->rep_r);
+        tu_close(&s->rel_w);
+        tu_close(&s->go_w);
+        return -1;
+    }
+    s->cfd = tu_pidfd_open(s->child.pid);
+    TU_CHECK(s->cfd >= 0);
     return 0;
+}
+
+/* Write one byte to *fd (rel_w or go_w) and close it. */
+static void send_byte(int *fd)
+{
+    TU_CHECK_OK(tu_write_full(*fd, "x", 1));
+    tu_close(fd);
+}
+
+/* Wait for pidfd's process (not necessarily our child) to die, and reap it
+ * if it ended up as our zombie; if it does not, fail ("<what> <pid> still
+ * alive N ms after <after>") and SIGKILL it. */
+static void expect_gone(int pidfd, pid_t pid, const char *what, const char *after)
+{
+    if (pidfd < 0)
+        return;
+    int64_t t0 = tu_now_ms();
+    if (tu_wait_readable(pidfd, TU_T_MS) != 1) {
+        tu_fail(__FILE__, __LINE__, "%s %d still alive %lld ms after %s", what, (int)pid,
+                (long long)(tu_now_ms() - t0), after);
+        kill(pid, SIGKILL); /* fail fast from here on */
+        tu_wait_readable(pidfd, TU_T_MS);
+    }
+    tu_try_reap(pid, NULL);
+}
+
+/* Reap the child if it is our zombie; nothing more arrives on the report
+ * pipe, which everyone closed; close our ends. */
+static void scene_end(scene_t *s)
+{
+    if (s->cfd >= 0) {
+        tu_try_reap(s->child.pid, NULL);
+        tu_close(&s->cfd);
+    }
+    char buf[64];
+    TU_CHECK_EQ_INT(tu_read_all(s->rep_r, buf, sizeof buf, TU_T_MS), 0);
+    tu_close(&s->rep_r);
+    tu_close(&s->rel_w);
+    tu_close(&s->go_w);
 }
 
 /* ------------------------------------------------------------------ cases */
 
-static void daemon_parent_killed(mproc_start_method_t m)
+static void daemon_dies_with_killed_parent(mproc_start_method_t m)
 {
-    tu_context("method=%s", tu_method_name(m));
-    int rep[2];
-    TU_REQUIRE(tu_pipe(rep) == 0);
-    mid_ctx_t c = {m, 1, rep[1], -1, -1, 0, {rep[0], -1, -1, -1}};
-    int ipidfd = -1;
-    pid_t ipid = tu_fork(intermediate, &c, &ipidfd);
-    close(rep[1]);
-    TU_REQUIRE(ipid > 0);
-    msg_t mid, child;
-    if (read_hello(rep[0], &mid, &child) != 0) {
-        tu_kill_child(ipid, ipidfd);
-        close(rep[0]);
+    scene_t s;
+    if (scene_start(&s, m, DAEMON) != 0)
         return;
-    }
-    int cfd = tu_pidfd_open(child.pid);
-    TU_CHECK(cfd >= 0);
     int hfd = -1;
     if (m == MPROC_START_FORKSERVER) {
-        TU_CHECK(mid.helper > 0);
-        if (mid.helper > 0) {
-            hfd = tu_pidfd_open(mid.helper);
+        TU_CHECK(s.mid.helper > 0);
+        if (s.mid.helper > 0) {
+            hfd = tu_pidfd_open(s.mid.helper);
             TU_CHECK(hfd >= 0);
         }
     }
 
-    TU_CHECK_EQ_INT(kill(ipid, SIGKILL), 0);
+    TU_CHECK_EQ_INT(kill(s.ipid, SIGKILL), 0);
     int status = 0;
-    TU_CHECK_OK(tu_wait_child(ipid, ipidfd, T_MS, &status));
+    TU_CHECK_OK(tu_wait_child(s.ipid, s.ipidfd, TU_T_MS, &status));
     TU_CHECK_EQ_INT(status, -SIGKILL);
 
-    if (cfd >= 0) {
-        int64_t t0 = tu_now_ms();
-        int r = tu_wait_readable(cfd, T_MS);
-        if (r != 1) {
-            tu_fail(__FILE__, __LINE__,
-                    "daemon child %d still alive %lld ms after its parent "
-                    "was SIGKILLed",
-                    (int)child.pid, (long long)(tu_now_ms() - t0));
-            kill(child.pid, SIGKILL); /* fail fast from here on */
-            tu_wait_readable(cfd, T_MS);
-        }
-    }
-    if (hfd >= 0) {
-        /* the helper lost its only client: it must go too */
-        if (wait_gone(hfd, mid.helper, T_MS) != 0) {
-            tu_fail(__FILE__, __LINE__,
-                    "forkserver helper %d still alive after its owner was "
-                    "SIGKILLed",
-                    (int)mid.helper);
-            kill(mid.helper, SIGKILL);
-            wait_gone(hfd, mid.helper, T_MS);
-        }
-        close(hfd);
-    }
-    if (cfd >= 0) {
-        tu_try_reap(child.pid, NULL);
-        close(cfd);
-    }
-    /* nothing more arrives, and the pipe is closed by everyone */
-    char buf[64];
-    TU_CHECK_EQ_INT(tu_read_all(rep[0], buf, sizeof buf, T_MS), 0);
-    close(rep[0]);
+    expect_gone(s.cfd, s.child.pid, "daemon child", "its parent was SIGKILLed");
+    /* the helper lost its only client: it must go too */
+    expect_gone(hfd, s.mid.helper, "forkserver helper", "its owner was SIGKILLed");
+    tu_close(&hfd);
+    scene_end(&s);
 }
+TU_DEFINE_METHOD_CASES(daemon_dies_with_killed_parent)
 
-static void test_daemon_dies_with_killed_parent_fork(void)
+static void nondaemon_joined_at_exit(mproc_start_method_t m)
 {
-    daemon_parent_killed(MPROC_START_FORK);
-}
-
-static void test_daemon_dies_with_killed_parent_spawn(void)
-{
-    daemon_parent_killed(MPROC_START_SPAWN);
-}
-
-static void test_daemon_dies_with_killed_parent_forkserver(void)
-{
-    daemon_parent_killed(MPROC_START_FORKSERVER);
-}
-
-static void nondaemon_joined_at_exit(mproc_start_method_t m, int how)
-{
-    tu_context("method=%s", tu_method_name(m));
-    int rep[2], rel[2], go[2];
-    TU_REQUIRE(tu_pipe(rep) == 0);
-    TU_REQUIRE(tu_pipe(rel) == 0);
-    TU_REQUIRE(tu_pipe(go) == 0);
-    mid_ctx_t c = {m, 0, rep[1], rel[0], go[0], how, {rep[0], rel[1], go[1], -1}};
-    int ipidfd = -1;
-    pid_t ipid = tu_fork(intermediate, &c, &ipidfd);
-    close(rep[1]);
-    close(rel[0]);
-    close(go[0]);
-    TU_REQUIRE(ipid > 0);
-    msg_t mid, child;
-    if (read_hello(rep[0], &mid, &child) != 0) {
-        tu_kill_child(ipid, ipidfd);
-        close(rep[0]);
-        close(rel[1]);
-        close(go[1]);
+    scene_t s;
+    if (scene_start(&s, m, CHILD_WAITS | PARENT_EXITS) != 0)
         return;
-    }
-    int cfd = tu_pidfd_open(child.pid);
-    TU_CHECK(cfd >= 0);
     /* let the intermediate exit: it must wait for its non-daemon child */
-    TU_CHECK_OK(tu_write_full(go[1], "g", 1));
-    close(go[1]);
-    TU_CHECK_EQ_INT(tu_wait_readable(ipidfd, 300), 0);
-    if (cfd >= 0)
-        TU_CHECK_EQ_INT(tu_wait_readable(cfd, 0), 0); /* the child is untouched */
+    send_byte(&s.go_w);
+    TU_CHECK_EQ_INT(tu_wait_readable(s.ipidfd, 300), 0);
+    if (s.cfd >= 0)
+        TU_CHECK_EQ_INT(tu_wait_readable(s.cfd, 0), 0); /* the child is untouched */
     char st = 0;
-    TU_CHECK_EQ_INT(tu_proc_stat(ipid, NULL, &st), 0);
+    TU_CHECK_EQ_INT(tu_proc_stat(s.ipid, NULL, &st), 0);
     TU_CHECK(st != 'Z');
 
     /* release the child: now the intermediate completes its exit */
-    TU_CHECK_OK(tu_write_full(rel[1], "r", 1));
-    close(rel[1]);
+    send_byte(&s.rel_w);
     msg_t done;
-    TU_CHECK_EQ_INT(tu_read_full(rep[0], &done, sizeof done, T_MS), (long long)sizeof done);
+    TU_CHECK_EQ_INT(tu_read_full(s.rep_r, &done, sizeof done, TU_T_MS), (long long)sizeof done);
     TU_CHECK_EQ_INT(done.kind, 'D');
     int status = -1;
-    TU_CHECK_OK(tu_wait_child(ipid, ipidfd, T_MS, &status));
+    TU_CHECK_OK(tu_wait_child(s.ipid, s.ipidfd, TU_T_MS, &status));
     TU_CHECK_EQ_INT(status, 0);
-    if (cfd >= 0) {
-        TU_CHECK_EQ_INT(tu_wait_readable(cfd, T_MS), 1);
-        tu_try_reap(child.pid, NULL);
-        close(cfd);
-    }
-    char buf[64];
-    TU_CHECK_EQ_INT(tu_read_all(rep[0], buf, sizeof buf, T_MS), 0);
-    close(rep[0]);
+    if (s.cfd >= 0)
+        TU_CHECK_EQ_INT(tu_wait_readable(s.cfd, TU_T_MS), 1);
+    scene_end(&s);
 }
-
-static void test_nondaemon_joined_at_exit_fork(void)
-{
-    nondaemon_joined_at_exit(MPROC_START_FORK, 1);
-}
-
-static void test_nondaemon_joined_at_exit_spawn(void)
-{
-    nondaemon_joined_at_exit(MPROC_START_SPAWN, 1);
-}
-
-static void test_nondaemon_joined_at_exit_forkserver(void)
-{
-    nondaemon_joined_at_exit(MPROC_START_FORKSERVER, 1);
-}
+TU_DEFINE_METHOD_CASES(nondaemon_joined_at_exit)
 
 static void daemon_killed_at_exit(mproc_start_method_t m)
 {
-    tu_context("method=%s", tu_method_name(m));
-    int rep[2], go[2];
-    TU_REQUIRE(tu_pipe(rep) == 0);
-    TU_REQUIRE(tu_pipe(go) == 0);
-    mid_ctx_t c = {m, 1, rep[1], -1, go[0], 1, {rep[0], go[1], -1, -1}};
-    int ipidfd = -1;
-    pid_t ipid = tu_fork(intermediate, &c, &ipidfd);
-    close(rep[1]);
-    close(go[0]);
-    TU_REQUIRE(ipid > 0);
-    msg_t mid, child;
-    if (read_hello(rep[0], &mid, &child) != 0) {
-        tu_kill_child(ipid, ipidfd);
-        close(rep[0]);
-        close(go[1]);
+    scene_t s;
+    if (scene_start(&s, m, DAEMON | PARENT_EXITS) != 0)
         return;
-    }
-    int cfd = tu_pidfd_open(child.pid);
-    TU_CHECK(cfd >= 0);
-    TU_CHECK_OK(tu_write_full(go[1], "g", 1));
-    close(go[1]);
+    send_byte(&s.go_w);
     /* the parent does not wait for a daemon child: it exits promptly */
     int status = -1;
-    TU_CHECK_OK(tu_wait_child(ipid, ipidfd, T_MS, &status));
+    TU_CHECK_OK(tu_wait_child(s.ipid, s.ipidfd, TU_T_MS, &status));
     TU_CHECK_EQ_INT(status, 0);
-    if (cfd >= 0) {
-        if (wait_gone(cfd, child.pid, T_MS) != 0) {
-            tu_fail(__FILE__, __LINE__, "daemon child %d survived its parent's exit(0)",
-                    (int)child.pid);
-            kill(child.pid, SIGKILL);
-            wait_gone(cfd, child.pid, T_MS);
-        }
-        close(cfd);
-    }
-    char buf[64];
-    TU_CHECK_EQ_INT(tu_read_all(rep[0], buf, sizeof buf, T_MS), 0);
-    close(rep[0]);
+    expect_gone(s.cfd, s.child.pid, "daemon child", "its parent's exit(0)");
+    scene_end(&s);
 }
-
-static void test_daemon_killed_at_exit_fork(void)
-{
-    daemon_killed_at_exit(MPROC_START_FORK);
-}
-
-static void test_daemon_killed_at_exit_spawn(void)
-{
-    daemon_killed_at_exit(MPROC_START_SPAWN);
-}
-
-static void test_daemon_killed_at_exit_forkserver(void)
-{
-    daemon_killed_at_exit(MPROC_START_FORKSERVER);
-}
+TU_DEFINE_METHOD_CASES(daemon_killed_at_exit)
 
 /* In the parent itself: a daemon child is still an ordinary child while
  * the parent lives (join, exit code). */
 static void test_daemon_child_joinable(void)
 {
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
-        tu_context("method=%s", tu_method_name(m));
+    TU_FOR_EACH_METHOD(m) {
         mproc_process_opts_t o = {"d", m, 1};
         tu_blocked_t b;
         TU_REQUIRE_OK(tu_start_blocked(&b, m, &o, 33));
         TU_CHECK(mproc_process_is_daemon(b.p) != 0);
         TU_CHECK_EQ_INT(mproc_process_is_alive(b.p), 1);
-        TU_CHECK_OK(tu_release(&b));
-        TU_CHECK_OK(mproc_process_join(b.p, T_MS));
-        int code = -1;
-        TU_CHECK_OK(mproc_process_exitcode(b.p, &code));
-        TU_CHECK_EQ_INT(code, 33);
+        TU_CHECK_EQ_INT(tu_release_join(&b), 33);
         tu_blocked_cleanup(&b);
     }
 }
 
 static const tu_case_t cases[] = {
-    TU_CASE(test_daemon_dies_with_killed_parent_fork),
-    TU_CASE(test_daemon_dies_with_killed_parent_spawn),
-    TU_CASE(test_daemon_dies_with_killed_parent_forkserver),
-    TU_CASE(test_nondaemon_joined_at_exit_fork),
-    TU_CASE(test_nondaemon_joined_at_exit_spawn),
-    TU_CASE(test_nondaemon_joined_at_exit_forkserver),
-    TU_CASE(test_daemon_killed_at_exit_fork),
-    TU_CASE(test_daemon_killed_at_exit_spawn),
-    TU_CASE(test_daemon_killed_at_exit_forkserver),
+    TU_METHOD_CASES(daemon_dies_with_killed_parent),
+    TU_METHOD_CASES(nondaemon_joined_at_exit),
+    TU_METHOD_CASES(daemon_killed_at_exit),
     TU_CASE(test_daemon_child_joinable),
     TU_END,
 };

@@ -6,7 +6,6 @@
  * inherit everything. Invalid fds are refused before a child exists.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -19,7 +18,6 @@
 #include "mproc.h"
 #include "testutil.h"
 
-#define T_MS 10000
 #define MAX_PASS MPROC_PASS_FDS_MAX
 
 /* ------------------------------------------------------------------ entries */
@@ -49,34 +47,15 @@ static int entry_list_fds(const void *arg, size_t len)
     memset(&r, 0, sizeof r);
     struct stat st;
     r.same_file = fstat(a.report_fd, &st) == 0 && st.st_dev == a.dev && st.st_ino == a.ino;
-    DIR *d = opendir("/proc/self/fd");
-    if (!d)
+    r.n = tu_list_fds(r.fds, 128);
+    if (r.n < 0)
         return 251;
-    struct dirent *e;
-    int nt = 0;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] < '0' || e->d_name[0] > '9')
-            continue;
-        int fd = atoi(e->d_name);
-        if (fd == dirfd(d))
-            continue;
-        if (r.n < 128) {
-            r.fds[r.n] = fd;
-            int fl = fcntl(fd, F_GETFD);
-            r.cloexec[r.n] = fl >= 0 && (fl & FD_CLOEXEC);
-        }
-        r.n++;
-        if (fd > 2 && fd != a.report_fd && nt < 8) {
-            char path[64];
-            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-            ssize_t k = readlink(path, r.targets[nt], sizeof r.targets[nt] - 1);
-            if (k < 0)
-                k = 0;
-            r.targets[nt][k] = '\0';
-            nt++;
-        }
+    for (int i = 0, nt = 0; i < r.n && i < 128; i++) {
+        int fl = fcntl(r.fds[i], F_GETFD);
+        r.cloexec[i] = fl >= 0 && (fl & FD_CLOEXEC);
+        if (r.fds[i] > 2 && r.fds[i] != a.report_fd && nt < 8)
+            tu_fd_target(r.fds[i], r.targets[nt++], sizeof r.targets[0]);
     }
-    closedir(d);
     return tu_write_full(a.report_fd, &r, sizeof r) == 0 ? 0 : 252;
 }
 
@@ -133,59 +112,35 @@ static void fill_id(int fd, dev_t *dev, ino_t *ino)
     *ino = st.st_ino;
 }
 
-/* Children of ours other than the forkserver helper. */
-static int count_real_children(void)
+/* An entry_check_fds argument for fds[0..n) (their identities filled in). */
+static fds_arg_t *check_fds_arg(const int *fds, int n, int write_byte)
 {
-    pid_t kids[64];
-    int n = tu_count_children(kids, 64);
-    pid_t helper = mproc_forkserver_pid();
-    int real = 0;
-    for (int i = 0; i < n && i < 64; i++)
-        if (kids[i] != helper)
-            real++;
-    return real;
+    fds_arg_t *a = calloc(1, sizeof *a);
+    a->n = n;
+    for (int i = 0; i < n; i++) {
+        a->fds[i] = fds[i];
+        fill_id(fds[i], &a->dev[i], &a->ino[i]);
+    }
+    a->write_byte = write_byte;
+    return a;
 }
 
-static int cmp_int(const void *a, const void *b)
+/* entry_check_fds in a child of method m, with fds[0..n) passed: its exit
+ * code (0: all arrived; with write_byte, each got a 'k' written to it). */
+static int check_fds_in_child(mproc_start_method_t m, const int *fds, int n, int write_byte)
 {
-    int x = *(const int *)a, y = *(const int *)b;
-    return (x > y) - (x < y);
-}
-
-/* Start entry with arg, passing the listed fds, join, return exit code (or
- * -9999 after reporting an error). */
-static int run_with_fds(mproc_start_method_t m, mproc_entry_fn fn, const void *arg, size_t len,
-                        const int *fds, int nfds)
-{
-    mproc_process_opts_t o = {0};
-    o.method = m;
-    mproc_process_t *p = NULL;
-    int rc = mproc_process_create(&p, fn, arg, len, &o);
-    if (!TU_CHECK_OK(rc))
-        return -9999;
-    for (int i = 0; i < nfds && rc == 0; i++) {
-        rc = mproc_process_pass_fd(p, fds[i]);
-        if (rc != 0)
-            tu_fail(__FILE__, __LINE__, "pass_fd(%d) (#%d): %d (%s)", fds[i], i, rc,
-                    mproc_strerror(rc));
-    }
-    if (rc == 0)
-        rc = mproc_process_start(p);
-    int code = -9999;
-    if (TU_CHECK_OK(rc)) {
-        if (TU_CHECK_OK(mproc_process_join(p, T_MS)))
-            TU_CHECK_OK(mproc_process_exitcode(p, &code));
-        else {
-            mproc_process_kill(p);
-            mproc_process_join(p, T_MS);
-        }
-    }
-    TU_CHECK_OK(mproc_process_free(p));
-    /* the caller's fds are still its own */
-    for (int i = 0; i < nfds; i++)
-        if (!tu_fd_is_open(fds[i]))
-            tu_fail(__FILE__, __LINE__, "passed fd %d was closed in the parent", fds[i]);
+    fds_arg_t *a = check_fds_arg(fds, n, write_byte);
+    int code = tu_run_with_fds(m, entry_check_fds, a, sizeof *a, fds, n);
+    free(a);
     return code;
+}
+
+/* The 'k' a child wrote arrives on rfd. */
+static void expect_k(int rfd)
+{
+    char c = 0;
+    TU_CHECK_EQ_INT(tu_read_full(rfd, &c, 1, TU_T_MS), 1);
+    TU_CHECK_EQ_INT(c, 'k');
 }
 
 /* ------------------------------------------------------------------ cases */
@@ -194,9 +149,7 @@ static void test_only_stdio_and_passed_fds(void)
 {
     int parent_has_stdio = tu_fd_is_open(0) && tu_fd_is_open(1) && tu_fd_is_open(2);
     TU_CHECK(parent_has_stdio);
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
-        tu_context("method=%s", tu_method_name(m));
+    TU_FOR_EACH_METHOD(m) {
         /* clutter the parent: fds without O_CLOEXEC, a file, a socketpair */
         int np[2];
         TU_REQUIRE(pipe(np) == 0);
@@ -209,31 +162,23 @@ static void test_only_stdio_and_passed_fds(void)
 
         if (m == MPROC_START_FORK) {
             /* fork: everything is inherited, and the passed fd works */
-            fds_arg_t *a = calloc(1, sizeof *a);
-            a->n = 1;
-            a->fds[0] = rp[1];
-            fill_id(rp[1], &a->dev[0], &a->ino[0]);
-            a->write_byte = 1;
+            fds_arg_t *a = check_fds_arg(&rp[1], 1, 1);
             a->check_inherited_n = 4;
             a->inherited[0] = np[0];
             a->inherited[1] = np[1];
             a->inherited[2] = file;
             a->inherited[3] = sp[0];
-            int code = run_with_fds(m, entry_check_fds, a, sizeof *a, &rp[1], 1);
-            TU_CHECK_EQ_INT(code, 0);
+            TU_CHECK_EQ_INT(tu_run_with_fds(m, entry_check_fds, a, sizeof *a, &rp[1], 1), 0);
             free(a);
             close(rp[1]);
-            char c = 0;
-            TU_CHECK_EQ_INT(tu_read_full(rp[0], &c, 1, T_MS), 1);
-            TU_CHECK_EQ_INT(c, 'k');
+            expect_k(rp[0]);
         } else {
             list_arg_t a = {rp[1], 0, 0};
             fill_id(rp[1], &a.dev, &a.ino);
-            int code = run_with_fds(m, entry_list_fds, &a, sizeof a, &rp[1], 1);
-            TU_CHECK_EQ_INT(code, 0);
+            TU_CHECK_EQ_INT(tu_run_with_fds(m, entry_list_fds, &a, sizeof a, &rp[1], 1), 0);
             close(rp[1]);
             list_report_t *r = calloc(1, sizeof *r);
-            ssize_t n = tu_read_full(rp[0], r, sizeof *r, T_MS);
+            ssize_t n = tu_read_full(rp[0], r, sizeof *r, TU_T_MS);
             if (TU_CHECK_EQ_INT(n, (long long)sizeof *r)) {
                 TU_CHECK(r->same_file);
                 int cnt = r->n < 128 ? r->n : 128;
@@ -257,7 +202,6 @@ static void test_only_stdio_and_passed_fds(void)
                     ok = ok && extra == 0;
                 else
                     ok = ok && extra == 1 && extra_ok;
-                qsort(r->fds, (size_t)cnt, sizeof r->fds[0], cmp_int);
                 if (!ok) {
                     char list[512] = "";
                     for (int i = 0; i < cnt; i++) {
@@ -288,8 +232,7 @@ static void test_only_stdio_and_passed_fds(void)
  * FD_CLOEXEC; the fd must still arrive. Also a high fd number. */
 static void pass_at_number(int number)
 {
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
+    TU_FOR_EACH_METHOD(m) {
         tu_context("method=%s fd=%d", tu_method_name(m), number);
         if (tu_fd_is_open(number)) {
             tu_fail(__FILE__, __LINE__, "fd %d is already open in the test process", number);
@@ -306,18 +249,9 @@ static void pass_at_number(int number)
         TU_REQUIRE(dup3(rp[1], number, O_CLOEXEC) == number);
         close(rp[1]);
         TU_CHECK(fcntl(number, F_GETFD) & FD_CLOEXEC); /* the trap is armed */
-        fds_arg_t *a = calloc(1, sizeof *a);
-        a->n = 1;
-        a->fds[0] = number;
-        fill_id(number, &a->dev[0], &a->ino[0]);
-        a->write_byte = 1;
-        int code = run_with_fds(m, entry_check_fds, a, sizeof *a, &number, 1);
-        free(a);
-        TU_CHECK_EQ_INT(code, 0);
+        TU_CHECK_EQ_INT(check_fds_in_child(m, &number, 1, 1), 0);
         close(number);
-        char c = 0;
-        TU_CHECK_EQ_INT(tu_read_full(rp[0], &c, 1, T_MS), 1);
-        TU_CHECK_EQ_INT(c, 'k');
+        expect_k(rp[0]);
         close(rp[0]);
     }
 }
@@ -337,9 +271,7 @@ static void test_pass_fd_high(void)
 static void test_pass_several(void)
 {
     enum { N = 6 };
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
-        tu_context("method=%s", tu_method_name(m));
+    TU_FOR_EACH_METHOD(m) {
         int rd[N], wr[N];
         for (int i = 0; i < N; i++) {
             int p[2];
@@ -347,20 +279,10 @@ static void test_pass_several(void)
             rd[i] = p[0];
             wr[i] = p[1];
         }
-        fds_arg_t *a = calloc(1, sizeof *a);
-        a->n = N;
-        for (int i = 0; i < N; i++) {
-            a->fds[i] = wr[i];
-            fill_id(wr[i], &a->dev[i], &a->ino[i]);
-        }
-        a->write_byte = 1;
-        int code = run_with_fds(m, entry_check_fds, a, sizeof *a, wr, N);
-        free(a);
-        TU_CHECK_EQ_INT(code, 0);
+        TU_CHECK_EQ_INT(check_fds_in_child(m, wr, N, 1), 0);
         for (int i = 0; i < N; i++) {
             close(wr[i]);
-            char c = 0;
-            TU_CHECK_EQ_INT(tu_read_full(rd[i], &c, 1, T_MS), 1);
+            expect_k(rd[i]);
             close(rd[i]);
         }
     }
@@ -368,9 +290,8 @@ static void test_pass_several(void)
 
 static void expect_no_child(mproc_start_method_t m, int fd)
 {
-    int before = count_real_children();
-    mproc_process_opts_t o = {0};
-    o.method = m;
+    int before = tu_count_real_children();
+    mproc_process_opts_t o = {.method = m};
     mproc_process_t *p = NULL;
     TU_REQUIRE_OK(mproc_process_create(&p, entry_check_fds, NULL, 0, &o));
     int prc = mproc_process_pass_fd(p, fd);
@@ -381,17 +302,15 @@ static void expect_no_child(mproc_start_method_t m, int fd)
         TU_CHECK(src < 0);
         TU_CHECK_EQ_INT(mproc_process_pid(p), 0);
     }
-    TU_CHECK_EQ_INT(count_real_children(), before);
-    if (src == 0) { /* it started after all: do not leave it behind */
-        mproc_process_join(p, T_MS);
-    }
+    TU_CHECK_EQ_INT(tu_count_real_children(), before);
+    if (src == 0) /* it started after all: do not leave it behind */
+        mproc_process_join(p, TU_T_MS);
     TU_CHECK_OK(mproc_process_free(p));
 }
 
 static void test_pass_invalid_fd(void)
 {
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
+    TU_FOR_EACH_METHOD(m) {
         tu_context("method=%s fd=9999", tu_method_name(m));
         TU_REQUIRE(!tu_fd_is_open(9999));
         expect_no_child(m, 9999);
@@ -418,14 +337,10 @@ static void test_pass_max_fds(void)
         }
         ndups++;
     }
-    fds_arg_t *a = calloc(1, sizeof *a);
     if (ndups == MAX_PASS + 1) {
-        for (int mi = 0; mi < TU_NMETHODS; mi++) {
-            mproc_start_method_t m = tu_methods[mi];
-            tu_context("method=%s", tu_method_name(m));
+        TU_FOR_EACH_METHOD(m) {
             /* 257th refused */
-            mproc_process_opts_t o = {0};
-            o.method = m;
+            mproc_process_opts_t o = {.method = m};
             mproc_process_t *q = NULL;
             TU_REQUIRE_OK(mproc_process_create(&q, entry_check_fds, NULL, 0, &o));
             int rc = 0, i;
@@ -444,20 +359,13 @@ static void test_pass_max_fds(void)
                 int src = mproc_forkserver_start(NULL, NULL, 0);
                 TU_CHECK(src == 0 || src == MPROC_ESTATE);
             }
-            a->n = MAX_PASS;
-            for (int k = 0; k < MAX_PASS; k++) {
-                a->fds[k] = dups[k];
-                fill_id(dups[k], &a->dev[k], &a->ino[k]);
-            }
             pid_t helper = mproc_forkserver_pid();
-            int code = run_with_fds(m, entry_check_fds, a, sizeof *a, dups, MAX_PASS);
-            TU_CHECK_EQ_INT(code, 0);
+            TU_CHECK_EQ_INT(check_fds_in_child(m, dups, MAX_PASS, 0), 0);
             /* a running helper is not lost on the way */
             if (helper > 0)
                 TU_CHECK_EQ_INT(mproc_forkserver_pid(), helper);
         }
     }
-    free(a);
     for (int i = 0; i < ndups; i++)
         close(dups[i]);
     close(p[0]);
@@ -468,19 +376,11 @@ static void test_pass_max_fds(void)
  * library: passing does not change the parent's flags. */
 static void test_pass_fd_keeps_parent_flags(void)
 {
-    for (int mi = 0; mi < TU_NMETHODS; mi++) {
-        mproc_start_method_t m = tu_methods[mi];
-        tu_context("method=%s", tu_method_name(m));
+    TU_FOR_EACH_METHOD(m) {
         int p[2];
         TU_REQUIRE(tu_pipe(p) == 0);
         int before = fcntl(p[1], F_GETFD);
-        fds_arg_t *a = calloc(1, sizeof *a);
-        a->n = 1;
-        a->fds[0] = p[1];
-        fill_id(p[1], &a->dev[0], &a->ino[0]);
-        int code = run_with_fds(m, entry_check_fds, a, sizeof *a, &p[1], 1);
-        free(a);
-        TU_CHECK_EQ_INT(code, 0);
+        TU_CHECK_EQ_INT(check_fds_in_child(m, &p[1], 1, 0), 0);
         TU_CHECK_EQ_INT(fcntl(p[1], F_GETFD), before);
         close(p[0]);
         close(p[1]);
@@ -502,28 +402,20 @@ static void test_library_fds_are_cloexec(void)
         started++;
     }
     tu_context(NULL);
-    DIR *d = opendir("/proc/self/fd");
-    TU_CHECK(d != NULL);
+    int fds[1024];
+    int n = tu_list_fds(fds, 1024);
+    TU_CHECK(n >= 0 && n <= 1024);
     int checked = 0;
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9')
-                continue;
-            int fd = atoi(e->d_name);
-            if (fd <= 2 || fd == dirfd(d))
-                continue;
-            checked++;
-            int fl = fcntl(fd, F_GETFD);
-            if (fl >= 0 && !(fl & FD_CLOEXEC)) {
-                char path[64], tgt[128];
-                snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-                ssize_t n = readlink(path, tgt, sizeof tgt - 1);
-                tgt[n < 0 ? 0 : n] = '\0';
-                tu_fail(__FILE__, __LINE__, "fd %d -> '%s' is not O_CLOEXEC", fd, tgt);
-            }
+    for (int i = 0; i < n && i < 1024; i++) {
+        if (fds[i] <= 2)
+            continue;
+        checked++;
+        int fl = fcntl(fds[i], F_GETFD);
+        if (fl >= 0 && !(fl & FD_CLOEXEC)) {
+            char tgt[128];
+            tu_fd_target(fds[i], tgt, sizeof tgt);
+            tu_fail(__FILE__, __LINE__, "fd %d -> '%s' is not O_CLOEXEC", fds[i], tgt);
         }
-        closedir(d);
     }
     TU_CHECK(checked >= 2 * started); /* the test's own pipes at least */
     for (int i = 0; i < started; i++) {

@@ -15,8 +15,6 @@
 #include "mproc.h"
 #include "testutil.h"
 
-#define T_MS 10000
-
 static int g_preloaded; /* set by the preload, in the helper only */
 static int g_preload_calls;
 
@@ -33,75 +31,35 @@ static int preload(const void *arg, size_t len)
     return 0;
 }
 
-/* arg: write fd. Reports g_preloaded and g_preload_calls. */
+/* A reporter (tu_start_reporter): reports g_preloaded, g_preload_calls
+ * and its parent's pid. */
 static int entry_report_preload(const void *arg, size_t len)
 {
-    int fd;
-    if (len != sizeof fd)
-        return 250;
-    memcpy(&fd, arg, sizeof fd);
     int v[3] = {g_preloaded, g_preload_calls, (int)getppid()};
-    return tu_write_full(fd, v, sizeof v) == 0 ? 0 : 251;
-}
-
-static int entry_zero(const void *arg, size_t len)
-{
-    (void)arg;
-    (void)len;
-    return 0;
+    return tu_report(arg, len, v, sizeof v);
 }
 
 /* ------------------------------------------------------------------ helpers */
 
 /* Start a child with method m that reports {g_preloaded, calls, ppid}. */
+/* Start a child with method m that reports {g_preloaded, calls, ppid}; 0 if
+ * it started. */
 static int report_preload(mproc_start_method_t m, int out[3])
 {
-    int fds[2];
-    if (tu_pipe(fds) != 0)
+    mproc_process_t *p;
+    int rfd = tu_start_reporter(&p, m, entry_report_preload);
+    if (rfd < 0)
         return -1;
-    mproc_process_opts_t o = {NULL, m, 0};
-    mproc_process_t *p = NULL;
-    int rc = mproc_process_create(&p, entry_report_preload, &fds[1], sizeof fds[1], &o);
-    if (rc == 0)
-        rc = mproc_process_pass_fd(p, fds[1]);
-    if (rc == 0)
-        rc = mproc_process_start(p);
-    close(fds[1]);
-    if (TU_CHECK_OK(rc)) {
-        TU_CHECK_EQ_INT(tu_read_full(fds[0], out, 3 * sizeof(int), T_MS),
-                        (long long)(3 * sizeof(int)));
-        TU_CHECK_OK(mproc_process_join(p, T_MS));
-        int code = -1;
-        TU_CHECK_OK(mproc_process_exitcode(p, &code));
-        TU_CHECK_EQ_INT(code, 0);
-    }
-    mproc_process_free(p);
-    close(fds[0]);
-    return rc;
+    TU_CHECK_EQ_INT(tu_read_full(rfd, out, 3 * sizeof(int), TU_T_MS), (long long)(3 * sizeof(int)));
+    close(rfd);
+    TU_CHECK_EQ_INT(tu_join_free(p), 0);
+    return 0;
 }
 
+/* A child that returns 0, started, joined and freed: its exit code. */
 static int run_zero(mproc_start_method_t m)
 {
-    mproc_process_opts_t o = {NULL, m, 0};
-    mproc_process_t *p = NULL;
-    int rc = mproc_process_create(&p, entry_zero, NULL, 0, &o);
-    if (rc != 0)
-        return rc;
-    rc = mproc_process_start(p);
-    if (rc == 0) {
-        rc = mproc_process_join(p, T_MS);
-        int code = -1;
-        if (rc == 0)
-            rc = mproc_process_exitcode(p, &code);
-        if (rc == 0 && code != 0)
-            rc = -1000 - code;
-        if (rc != 0) {
-            mproc_process_kill(p);
-            mproc_process_join(p, T_MS);
-        }
-    }
-    mproc_process_free(p);
-    return rc;
+    return tu_run(m, tu_entry_zero, NULL, 0);
 }
 
 /* A forkserver child whose helper went away was reparented to us (we are a
@@ -113,7 +71,7 @@ static void reap_orphan(pid_t pid)
     int pfd = tu_pidfd_open(pid);
     if (pfd < 0)
         return; /* gone (reaped) already */
-    TU_CHECK_EQ_INT(tu_wait_readable(pfd, T_MS), 1);
+    TU_CHECK_EQ_INT(tu_wait_readable(pfd, TU_T_MS), 1);
     close(pfd);
     int r = tu_try_reap(pid, NULL);
     if (getenv("TU_VERBOSE"))
@@ -196,17 +154,17 @@ static void test_preload_and_state(void)
 static void test_lazy_start(void)
 {
     TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
-    TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+    TU_CHECK_EQ_INT(run_zero(MPROC_START_FORKSERVER), 0);
     pid_t hp = mproc_forkserver_pid();
     TU_CHECK(hp > 0);
-    TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+    TU_CHECK_EQ_INT(run_zero(MPROC_START_FORKSERVER), 0);
     TU_CHECK_EQ_INT(mproc_forkserver_pid(), hp);
     /* explicit start while the lazily started one runs */
     TU_CHECK_EQ_INT(mproc_forkserver_start(NULL, NULL, 0), MPROC_ESTATE);
     /* other methods do not need or touch it */
     TU_CHECK_OK(mproc_forkserver_stop());
-    TU_CHECK_OK(run_zero(MPROC_START_FORK));
-    TU_CHECK_OK(run_zero(MPROC_START_SPAWN));
+    TU_CHECK_EQ_INT(run_zero(MPROC_START_FORK), 0);
+    TU_CHECK_EQ_INT(run_zero(MPROC_START_SPAWN), 0);
     TU_CHECK_EQ_INT(mproc_forkserver_pid(), 0);
 }
 
@@ -281,7 +239,7 @@ static void test_helper_killed_while_child_runs(void)
     int hfd = tu_pidfd_open(hp);
     TU_REQUIRE(hfd >= 0);
     TU_CHECK_EQ_INT(kill(hp, SIGKILL), 0);
-    TU_CHECK_EQ_INT(tu_wait_readable(hfd, T_MS), 1);
+    TU_CHECK_EQ_INT(tu_wait_readable(hfd, TU_T_MS), 1);
     close(hfd);
 
     /* the orphan keeps running */
@@ -290,29 +248,23 @@ static void test_helper_killed_while_child_runs(void)
 
     /* the next forkserver start restarts the helper or says ESERVER; no hang */
     alarm(60);
-    int code = -1;
-    mproc_process_opts_t o = {NULL, MPROC_START_FORKSERVER, 0};
-    mproc_process_t *p = NULL;
-    TU_CHECK_OK(mproc_process_create(&p, entry_zero, NULL, 0, &o));
-    int rc = p ? mproc_process_start(p) : -1;
+    mproc_process_t *p;
+    int rc = tu_start(&p, MPROC_START_FORKSERVER, tu_entry_zero, NULL, 0, NULL, 0);
     if (rc == 0) {
         TU_CHECK(mproc_forkserver_pid() > 0);
         TU_CHECK(mproc_forkserver_pid() != hp);
-        TU_CHECK_OK(mproc_process_join(p, T_MS));
-        TU_CHECK_OK(mproc_process_exitcode(p, &code));
-        TU_CHECK_EQ_INT(code, 0);
+        TU_CHECK_EQ_INT(tu_join_free(p), 0);
     } else {
         TU_CHECK_EQ_INT(rc, MPROC_ESERVER);
         /* and the one after that, at the latest, works again */
-        TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+        TU_CHECK_EQ_INT(run_zero(MPROC_START_FORKSERVER), 0);
     }
-    mproc_process_free(p);
 
     /* release the orphan: its join completes, with the real status or
      * MPROC_ESTATUS */
     TU_CHECK_OK(tu_release(&b));
-    TU_CHECK_OK(mproc_process_join(b.p, T_MS));
-    code = -1;
+    TU_CHECK_OK(mproc_process_join(b.p, TU_T_MS));
+    int code = -1;
     rc = mproc_process_exitcode(b.p, &code);
     if (!(rc == MPROC_ESTATUS || (rc == 0 && (code == 7 || code == MPROC_ESTATUS))))
         tu_fail(__FILE__, __LINE__, "orphan exitcode: rc %d code %d; want 7 or MPROC_ESTATUS", rc,
@@ -336,7 +288,7 @@ static void test_stop_keeps_children(void)
     TU_CHECK_EQ_INT(kill(b.pid, 0), 0);
     TU_CHECK_EQ_INT(mproc_process_is_alive(b.p), 1);
     TU_CHECK_OK(tu_release(&b));
-    TU_CHECK_OK(mproc_process_join(b.p, T_MS));
+    TU_CHECK_OK(mproc_process_join(b.p, TU_T_MS));
     int code = -1;
     int rc = mproc_process_exitcode(b.p, &code);
     if (!(rc == MPROC_ESTATUS || (rc == 0 && (code == 8 || code == MPROC_ESTATUS))))
@@ -358,11 +310,11 @@ static void test_daemon_children_die_with_helper(void)
     TU_CHECK(cfd >= 0);
     TU_CHECK_EQ_INT(kill(hp, SIGKILL), 0);
     if (cfd >= 0) {
-        if (tu_wait_readable(cfd, T_MS) != 1)
+        if (tu_wait_readable(cfd, TU_T_MS) != 1)
             tu_fail(__FILE__, __LINE__, "daemon child survived its forkserver");
         close(cfd);
     }
-    TU_CHECK_OK(mproc_process_join(b.p, T_MS));
+    TU_CHECK_OK(mproc_process_join(b.p, TU_T_MS));
     int code = -1;
     int rc = mproc_process_exitcode(b.p, &code);
     if (!(rc == MPROC_ESTATUS || (rc == 0 && (code == -SIGKILL || code == MPROC_ESTATUS))))
@@ -389,11 +341,7 @@ static int forked_copy(void *ctx)
         tu_proc_stat(b.pid, &ppid, NULL);
         TU_CHECK(ppid != g_parent_helper);
         TU_CHECK(mproc_forkserver_pid() != g_parent_helper);
-        TU_CHECK_OK(tu_release(&b));
-        TU_CHECK_OK(mproc_process_join(b.p, T_MS));
-        int code = -1;
-        TU_CHECK_OK(mproc_process_exitcode(b.p, &code));
-        TU_CHECK_EQ_INT(code, 4);
+        TU_CHECK_EQ_INT(tu_release_join(&b), 4);
         tu_blocked_cleanup(&b);
     }
     TU_CHECK_OK(mproc_forkserver_stop());
@@ -411,7 +359,7 @@ static void test_forked_copy_gets_own_helper(void)
     /* the parent's helper still serves the parent */
     TU_CHECK_EQ_INT(mproc_forkserver_pid(), g_parent_helper);
     TU_CHECK_EQ_INT(kill(g_parent_helper, 0), 0);
-    TU_CHECK_OK(run_zero(MPROC_START_FORKSERVER));
+    TU_CHECK_EQ_INT(run_zero(MPROC_START_FORKSERVER), 0);
     TU_CHECK_EQ_INT(mproc_forkserver_pid(), g_parent_helper);
 }
 

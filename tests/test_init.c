@@ -18,15 +18,6 @@
 #include "mproc.h"
 #include "testutil.h"
 
-#define T_MS 10000
-
-static int entry_zero(const void *arg, size_t len)
-{
-    (void)arg;
-    (void)len;
-    return 0;
-}
-
 /* What a child without mproc_init reports: the codes its mproc calls got. */
 typedef struct {
     int create_rc;
@@ -44,11 +35,11 @@ static int main_without_init(void)
     noinit_report_t r = {1, 1, 1, 1};
     mproc_process_opts_t o = {NULL, MPROC_START_FORK, 0};
     mproc_process_t *p = NULL;
-    r.create_rc = mproc_process_create(&p, entry_zero, NULL, 0, &o);
+    r.create_rc = mproc_process_create(&p, tu_entry_zero, NULL, 0, &o);
     if (r.create_rc == 0) {
         r.start_rc = mproc_process_start(p);
         if (r.start_rc == 0)
-            mproc_process_join(p, T_MS);
+            mproc_process_join(p, TU_T_MS);
         mproc_process_free(p);
     }
     r.fs_start_rc = mproc_forkserver_start(NULL, NULL, 0);
@@ -67,24 +58,16 @@ static void test_spawn_child_without_init(void)
     snprintf(buf, sizeof buf, "%d", rp[1]);
     setenv("TU_SKIP_INIT", "1", 1);
     setenv("TU_REPORT_FD", buf, 1);
-    mproc_process_opts_t o = {NULL, MPROC_START_SPAWN, 0};
-    mproc_process_t *p = NULL;
-    int rc = mproc_process_create(&p, entry_zero, NULL, 0, &o);
-    if (rc == 0)
-        rc = mproc_process_pass_fd(p, rp[1]);
-    int src = rc == 0 ? mproc_process_start(p) : rc;
+    mproc_process_t *p;
+    int src = tu_start(&p, MPROC_START_SPAWN, tu_entry_zero, NULL, 0, &rp[1], 1);
     unsetenv("TU_SKIP_INIT");
     unsetenv("TU_REPORT_FD");
     close(rp[1]);
-    TU_CHECK_EQ_INT(src, MPROC_ENOINIT);
-    if (p) {
-        TU_CHECK_EQ_INT(mproc_process_pid(p), 0);
-        if (src == 0)
-            mproc_process_join(p, T_MS);
-        TU_CHECK_OK(mproc_process_free(p));
-    }
+    TU_CHECK_EQ_INT(src, MPROC_ENOINIT); /* (tu_start checked that it has no pid) */
+    if (src == 0)
+        tu_join_free(p);
     noinit_report_t r;
-    ssize_t n = tu_read_full(rp[0], &r, sizeof r, T_MS);
+    ssize_t n = tu_read_full(rp[0], &r, sizeof r, TU_T_MS);
     close(rp[0]);
     if (TU_CHECK_EQ_INT(n, (long long)sizeof r)) {
         TU_CHECK_EQ_INT(r.create_rc, MPROC_ENOINIT);
@@ -94,12 +77,7 @@ static void test_spawn_child_without_init(void)
         TU_CHECK_EQ_INT(r.set_method_rc, MPROC_ENOINIT);
     }
     /* and the parent is fine afterwards */
-    o.method = MPROC_START_SPAWN;
-    p = NULL;
-    TU_REQUIRE_OK(mproc_process_create(&p, entry_zero, NULL, 0, &o));
-    TU_CHECK_OK(mproc_process_start(p));
-    TU_CHECK_OK(mproc_process_join(p, T_MS));
-    TU_CHECK_OK(mproc_process_free(p));
+    TU_CHECK_EQ_INT(tu_run(MPROC_START_SPAWN, tu_entry_zero, NULL, 0), 0);
 }
 
 static void test_forkserver_helper_without_init(void)
@@ -107,11 +85,8 @@ static void test_forkserver_helper_without_init(void)
     setenv("TU_SKIP_INIT", "1", 1);
     int rc = mproc_forkserver_start(NULL, NULL, 0);
     int64_t t0 = tu_now_ms();
-    mproc_process_opts_t o = {NULL, MPROC_START_FORKSERVER, 0};
-    mproc_process_t *p = NULL;
-    int src = 1;
-    if (mproc_process_create(&p, entry_zero, NULL, 0, &o) == 0)
-        src = mproc_process_start(p);
+    mproc_process_t *p;
+    int src = tu_start(&p, MPROC_START_FORKSERVER, tu_entry_zero, NULL, 0, NULL, 0);
     int64_t dt = tu_now_ms() - t0;
     unsetenv("TU_SKIP_INIT");
     TU_CHECK(rc == MPROC_ENOINIT || rc == MPROC_ESERVER);
@@ -119,8 +94,7 @@ static void test_forkserver_helper_without_init(void)
     TU_CHECK(src == MPROC_ENOINIT || src == MPROC_ESERVER);
     TU_CHECK(dt < 5000);
     if (src == 0)
-        mproc_process_join(p, T_MS);
-    mproc_process_free(p);
+        tu_join_free(p);
     /* with a main that does call mproc_init, the helper comes up */
     TU_CHECK_OK(mproc_forkserver_start(NULL, NULL, 0));
     TU_CHECK(mproc_forkserver_pid() > 0);

@@ -17,17 +17,7 @@
 #include "mproc.h"
 #include "testutil.h"
 
-#define T_MS 10000
 #define RSS_SLACK_KB 2048
-
-static int entry_code(const void *arg, size_t len)
-{
-    int c;
-    if (len != sizeof c)
-        return 250;
-    memcpy(&c, arg, sizeof c);
-    return c;
-}
 
 static double stress_scale(void)
 {
@@ -55,82 +45,36 @@ static long vmrss_kb(void)
     return p ? strtol(p + 6, NULL, 10) : -1;
 }
 
-static int real_children(void)
-{
-    pid_t kids[64];
-    int n = tu_count_children(kids, 64);
-    pid_t helper = mproc_forkserver_pid();
-    int real = 0;
-    for (int i = 0; i < n && i < 64; i++)
-        if (kids[i] != helper)
-            real++;
-    return real;
-}
-
-/* One cycle; 0 or a description of the failure in err. */
-static int cycle(mproc_start_method_t m, int i, char *err, size_t errlen)
+/* One start/join/free cycle, checked (the failure names the cycle). */
+static int cycle(mproc_start_method_t m, int i, const char *what)
 {
     int want = i & 0x7f;
-    mproc_process_opts_t o = {NULL, m, 0};
-    mproc_process_t *p = NULL;
-    int rc = mproc_process_create(&p, entry_code, &want, sizeof want, &o);
-    if (rc != 0) {
-        snprintf(err, errlen, "create: %d (%s)", rc, mproc_strerror(rc));
-        return -1;
-    }
-    rc = mproc_process_start(p);
-    if (rc != 0) {
-        snprintf(err, errlen, "start: %d (%s)", rc, mproc_strerror(rc));
-        mproc_process_free(p);
-        return -1;
-    }
-    rc = mproc_process_join(p, T_MS);
-    if (rc != 0) {
-        snprintf(err, errlen, "join: %d (%s)", rc, mproc_strerror(rc));
-        mproc_process_kill(p);
-        mproc_process_join(p, T_MS);
-        mproc_process_free(p);
-        return -1;
-    }
-    int code = -1;
-    rc = mproc_process_exitcode(p, &code);
-    if (rc != 0 || code != want) {
-        snprintf(err, errlen, "exitcode: rc %d code %d want %d", rc, code, want);
-        mproc_process_free(p);
-        return -1;
-    }
-    rc = mproc_process_free(p);
-    if (rc != 0) {
-        snprintf(err, errlen, "free: %d (%s)", rc, mproc_strerror(rc));
-        return -1;
-    }
-    return 0;
+    if (TU_CHECK_EQ_INT(tu_run(m, tu_entry_code, &want, sizeof want), want))
+        return 0;
+    tu_fail(__FILE__, __LINE__, "in %s cycle %d", what, i);
+    return -1;
 }
 
-static void stress(mproc_start_method_t m, int base)
+/* Counts: fork 10000, forkserver 1000, spawn 200 (times stress_scale()). */
+static void stress(mproc_start_method_t m)
 {
+    int base = m == MPROC_START_FORK ? 10000 : m == MPROC_START_FORKSERVER ? 1000 : 200;
     int n = (int)(base * stress_scale());
     if (n < 10)
         n = 10;
     int warm = n / 10 < 20 ? 20 : (n / 10 > 200 ? 200 : n / 10);
     tu_context("method=%s n=%d", tu_method_name(m), n);
-    char err[256];
-    for (int i = 0; i < warm; i++) {
-        if (cycle(m, i, err, sizeof err) != 0) {
-            tu_fail(__FILE__, __LINE__, "warm-up cycle %d: %s", i, err);
+    for (int i = 0; i < warm; i++)
+        if (cycle(m, i, "warm-up") != 0)
             return;
-        }
-    }
     int fds0 = tu_count_fds();
     long rss0 = vmrss_kb();
     int64_t t0 = tu_now_ms();
     for (int i = 0; i < n; i++) {
-        if (cycle(m, i, err, sizeof err) != 0) {
-            tu_fail(__FILE__, __LINE__, "cycle %d: %s", i, err);
+        if (cycle(m, i, "measured") != 0)
             return;
-        }
         if ((i + 1) % 1000 == 0) {
-            int kids = real_children();
+            int kids = tu_count_real_children();
             if (kids != 0) {
                 tu_fail(__FILE__, __LINE__, "after %d cycles: %d children (zombies?) left", i + 1,
                         kids);
@@ -142,7 +86,7 @@ static void stress(mproc_start_method_t m, int base)
     int fds1 = tu_count_fds();
     long rss1 = vmrss_kb();
     TU_CHECK_EQ_INT(fds1, fds0);
-    TU_CHECK_EQ_INT(real_children(), 0);
+    TU_CHECK_EQ_INT(tu_count_real_children(), 0);
     if (!tu_under_sanitizer()) {
         if (rss0 < 0 || rss1 < 0)
             tu_fail(__FILE__, __LINE__, "cannot read VmRSS");
@@ -154,20 +98,7 @@ static void stress(mproc_start_method_t m, int base)
             tu_method_name(m), n, (long long)dt, n ? (double)dt / n : 0.0, rss0, rss1);
 }
 
-static void test_stress_fork(void)
-{
-    stress(MPROC_START_FORK, 10000);
-}
-
-static void test_stress_forkserver(void)
-{
-    stress(MPROC_START_FORKSERVER, 1000);
-}
-
-static void test_stress_spawn(void)
-{
-    stress(MPROC_START_SPAWN, 200);
-}
+TU_DEFINE_METHOD_CASES(stress)
 
 /* Abandoned children: started, killed, freed without an explicit join. */
 static void test_stress_kill_free(void)
@@ -183,7 +114,7 @@ static void test_stress_kill_free(void)
         if (!TU_CHECK_OK(tu_start_blocked(&b, m, NULL, 0)))
             return;
         TU_CHECK_OK(mproc_process_kill(b.p));
-        TU_CHECK_OK(mproc_process_join(b.p, T_MS));
+        TU_CHECK_OK(mproc_process_join(b.p, TU_T_MS));
         tu_blocked_cleanup(&b);
         if (tu_failed)
             return;
@@ -191,13 +122,11 @@ static void test_stress_kill_free(void)
     tu_context(NULL);
     TU_CHECK_OK(mproc_forkserver_stop());
     TU_CHECK_EQ_INT(tu_count_fds(), fds0);
-    TU_CHECK_EQ_INT(real_children(), 0);
+    TU_CHECK_EQ_INT(tu_count_real_children(), 0);
 }
 
 static const tu_case_t cases[] = {
-    TU_CASE(test_stress_fork),
-    TU_CASE(test_stress_forkserver),
-    TU_CASE(test_stress_spawn),
+    TU_METHOD_CASES(stress),
     TU_CASE(test_stress_kill_free),
     TU_END,
 };

@@ -19,8 +19,6 @@
 #include "mproc.h"
 #include "testutil.h"
 
-#define T_MS 10000
-
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* ------------------------------------------------------------------ the holder thread */
@@ -64,7 +62,7 @@ static int holder_start(holder_t *h)
     }
     h->running = 1;
     char c = 0;
-    if (tu_read_full(h->locked_r, &c, 1, T_MS) != 1) {
+    if (tu_read_full(h->locked_r, &c, 1, TU_T_MS) != 1) {
         tu_fail(__FILE__, __LINE__, "holder thread did not take the mutex");
         return -1;
     }
@@ -103,6 +101,15 @@ static void log_hook(void *ctx, mproc_log_level_t level, const char *msg)
     pthread_mutex_unlock(&g_log_mu);
 }
 
+/* Install log_hook, counting its calls in *calls, with the counters at 0. */
+static void log_install(atomic_int *calls)
+{
+    atomic_store(calls, 0);
+    atomic_store(&g_warns, 0);
+    atomic_store(&g_others, 0);
+    mproc_set_log(log_hook, calls);
+}
+
 /* ------------------------------------------------------------------ entries */
 
 /* 0: got the mutex (and released it); 3: timed out (it is held by a thread
@@ -122,77 +129,33 @@ static int entry_take_mutex(const void *arg, size_t len)
     return r == ETIMEDOUT ? 3 : 4;
 }
 
-static int entry_zero(const void *arg, size_t len)
+/* spawn and forkserver children are not affected: fresh, unlocked mutex */
+static void exec_children_take_mutex(void)
 {
-    (void)arg;
-    (void)len;
-    return 0;
-}
-
-/* ------------------------------------------------------------------ helpers */
-
-static int start_join(mproc_start_method_t m, mproc_entry_fn fn, int *code, int *start_rc)
-{
-    mproc_process_opts_t o = {NULL, m, 0};
-    mproc_process_t *p = NULL;
-    int rc = mproc_process_create(&p, fn, NULL, 0, &o);
-    if (!TU_CHECK_OK(rc))
-        return rc;
-    rc = mproc_process_start(p);
-    *start_rc = rc;
-    if (rc == 0) {
-        int j = mproc_process_join(p, T_MS);
-        TU_CHECK_OK(j);
-        if (j == 0)
-            TU_CHECK_OK(mproc_process_exitcode(p, code));
-        else {
-            mproc_process_kill(p);
-            mproc_process_join(p, T_MS);
-        }
-    } else {
-        TU_CHECK_EQ_INT(mproc_process_pid(p), 0);
+    TU_FOR_EACH_METHOD(m) {
+        if (m != MPROC_START_FORK)
+            TU_CHECK_EQ_INT(tu_run(m, entry_take_mutex, NULL, 0), 0);
     }
-    TU_CHECK_OK(mproc_process_free(p));
-    return rc;
-}
-
-static int count_real_children(void)
-{
-    pid_t kids[64];
-    int n = tu_count_children(kids, 64);
-    pid_t helper = mproc_forkserver_pid();
-    int real = 0;
-    for (int i = 0; i < n && i < 64; i++)
-        if (kids[i] != helper)
-            real++;
-    return real;
 }
 
 /* ------------------------------------------------------------------ cases */
 
 static void test_refuse_policy(void)
 {
-    atomic_int calls = 0;
-    mproc_set_log(log_hook, &calls);
+    atomic_int calls;
+    log_install(&calls);
     TU_CHECK_OK(mproc_set_fork_policy(MPROC_FORK_REFUSE));
     TU_CHECK_EQ_INT(mproc_get_fork_policy(), MPROC_FORK_REFUSE);
     holder_t h;
     if (holder_start(&h) == 0) {
-        int code = -1, src = 0;
-        int before = count_real_children();
-        start_join(MPROC_START_FORK, entry_take_mutex, &code, &src);
+        int before = tu_count_real_children();
+        mproc_process_t *p;
+        int src = tu_start(&p, MPROC_START_FORK, entry_take_mutex, NULL, 0, NULL, 0);
         TU_CHECK_EQ_INT(src, MPROC_ETHREADS);
-        TU_CHECK_EQ_INT(count_real_children(), before);
-
-        /* spawn and forkserver are not affected: fresh, unlocked mutex */
-        for (int mi = 1; mi < TU_NMETHODS; mi++) {
-            mproc_start_method_t m = tu_methods[mi];
-            tu_context("method=%s", tu_method_name(m));
-            code = -1;
-            if (start_join(m, entry_take_mutex, &code, &src) == 0)
-                TU_CHECK_EQ_INT(code, 0);
-        }
-        tu_context(NULL);
+        if (src == 0)
+            tu_join_free(p);
+        TU_CHECK_EQ_INT(tu_count_real_children(), before);
+        exec_children_take_mutex(); /* spawn and forkserver are not affected */
     }
     holder_stop(&h);
     mproc_set_log(NULL, NULL);
@@ -201,20 +164,15 @@ static void test_refuse_policy(void)
 
 static void test_warn_policy(void)
 {
-    atomic_int calls = 0;
-    atomic_store(&g_warns, 0);
-    atomic_store(&g_others, 0);
-    mproc_set_log(log_hook, &calls);
+    atomic_int calls;
+    log_install(&calls);
     TU_CHECK_EQ_INT(mproc_get_fork_policy(), MPROC_FORK_WARN); /* the default */
     TU_CHECK_OK(mproc_set_fork_policy(MPROC_FORK_WARN));
     holder_t h;
     if (holder_start(&h) == 0) {
-        int code = -1, src = -1;
         /* the fork child starts, and shows the hazard: the mutex it
          * inherited is locked by a thread that does not exist in it */
-        if (start_join(MPROC_START_FORK, entry_take_mutex, &code, &src) == 0)
-            TU_CHECK_EQ_INT(code, 3);
-        TU_CHECK_OK(src);
+        TU_CHECK_EQ_INT(tu_run(MPROC_START_FORK, entry_take_mutex, NULL, 0), 3);
         TU_CHECK(atomic_load(&g_warns) >= 1);
         pthread_mutex_lock(&g_log_mu);
         TU_CHECK(g_last_msg[0] != '\0');
@@ -222,14 +180,7 @@ static void test_warn_policy(void)
 
         /* spawn/forkserver starts do not warn about threads */
         int warns = atomic_load(&g_warns);
-        for (int mi = 1; mi < TU_NMETHODS; mi++) {
-            mproc_start_method_t m = tu_methods[mi];
-            tu_context("method=%s", tu_method_name(m));
-            code = -1;
-            if (start_join(m, entry_take_mutex, &code, &src) == 0)
-                TU_CHECK_EQ_INT(code, 0);
-        }
-        tu_context(NULL);
+        exec_children_take_mutex();
         TU_CHECK_EQ_INT(atomic_load(&g_warns), warns);
     }
     holder_stop(&h);
@@ -242,16 +193,13 @@ static void test_warn_policy(void)
 
 static void test_allow_policy(void)
 {
-    atomic_int calls = 0;
-    atomic_store(&g_warns, 0);
-    mproc_set_log(log_hook, &calls);
+    atomic_int calls;
+    log_install(&calls);
     TU_CHECK_OK(mproc_set_fork_policy(MPROC_FORK_ALLOW));
     TU_CHECK_EQ_INT(mproc_get_fork_policy(), MPROC_FORK_ALLOW);
     holder_t h;
     if (holder_start(&h) == 0) {
-        int code = -1, src = -1;
-        if (start_join(MPROC_START_FORK, entry_zero, &code, &src) == 0)
-            TU_CHECK_EQ_INT(code, 0);
+        TU_CHECK_EQ_INT(tu_run(MPROC_START_FORK, tu_entry_zero, NULL, 0), 0);
         TU_CHECK_EQ_INT(atomic_load(&g_warns), 0);
     }
     holder_stop(&h);
@@ -282,18 +230,12 @@ static void test_single_threaded_fork_not_refused(void)
         fprintf(stderr, "  (not applicable: this process has %d threads)\n", nt);
         return;
     }
-    atomic_int calls = 0;
-    atomic_store(&g_warns, 0);
-    mproc_set_log(log_hook, &calls);
+    atomic_int calls;
+    log_install(&calls);
     TU_CHECK_OK(mproc_set_fork_policy(MPROC_FORK_REFUSE));
-    int code = -1, src = -1;
-    if (start_join(MPROC_START_FORK, entry_take_mutex, &code, &src) == 0)
-        TU_CHECK_EQ_INT(code, 0);
-    TU_CHECK_OK(src);
+    TU_CHECK_EQ_INT(tu_run(MPROC_START_FORK, entry_take_mutex, NULL, 0), 0);
     TU_CHECK_OK(mproc_set_fork_policy(MPROC_FORK_WARN));
-    code = -1;
-    if (start_join(MPROC_START_FORK, entry_zero, &code, &src) == 0)
-        TU_CHECK_EQ_INT(code, 0);
+    TU_CHECK_EQ_INT(tu_run(MPROC_START_FORK, tu_entry_zero, NULL, 0), 0);
     TU_CHECK_EQ_INT(atomic_load(&g_warns), 0);
     mproc_set_log(NULL, NULL);
 }
@@ -306,15 +248,6 @@ typedef struct {
     pthread_t th;
 } worker_t;
 
-static int entry_code_arg(const void *arg, size_t len)
-{
-    int c;
-    if (len != sizeof c)
-        return 250;
-    memcpy(&c, arg, sizeof c);
-    return c;
-}
-
 static void *starter_main(void *arg)
 {
     worker_t *w = arg;
@@ -325,14 +258,14 @@ static void *starter_main(void *arg)
         int want = (w->idx * 16 + i) & 0xff;
         mproc_process_opts_t o = {NULL, m, 0};
         mproc_process_t *p = NULL;
-        if (mproc_process_create(&p, entry_code_arg, &want, sizeof want, &o) != 0) {
+        if (mproc_process_create(&p, tu_entry_code, &want, sizeof want, &o) != 0) {
             w->failures++;
             continue;
         }
         int rc = mproc_process_start(p);
         int code = -1;
-        if (rc == 0 && mproc_process_join(p, T_MS) == 0 && mproc_process_exitcode(p, &code) == 0 &&
-            code == want) {
+        if (rc == 0 && mproc_process_join(p, TU_T_MS) == 0 &&
+            mproc_process_exitcode(p, &code) == 0 && code == want) {
             /* ok */
         } else {
             fprintf(stderr, "starter %d #%d (%s): start %d code %d want %d\n", w->idx, i,
@@ -340,7 +273,7 @@ static void *starter_main(void *arg)
             w->failures++;
             if (rc == 0) {
                 mproc_process_kill(p);
-                mproc_process_join(p, T_MS);
+                mproc_process_join(p, TU_T_MS);
             }
         }
         mproc_process_free(p);

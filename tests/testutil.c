@@ -52,6 +52,22 @@ const char *tu_method_name(mproc_start_method_t m)
     return "invalid";
 }
 
+mproc_start_method_t tu_next_method(mproc_start_method_t prev)
+{
+    int i = 0; /* the index after prev's */
+    if (prev != MPROC_START_DEFAULT) {
+        while (i < TU_NMETHODS && tu_methods[i] != prev)
+            i++;
+        i++;
+    }
+    if (i >= TU_NMETHODS) {
+        tu_context(NULL);
+        return MPROC_START_DEFAULT;
+    }
+    tu_context("method=%s", tu_method_name(tu_methods[i]));
+    return tu_methods[i];
+}
+
 void tu_context(const char *fmt, ...)
 {
     if (!fmt) {
@@ -245,6 +261,11 @@ int tu_fd_is_open(int fd)
 
 int tu_count_fds(void)
 {
+    return tu_list_fds(NULL, 0);
+}
+
+int tu_list_fds(int *fds, int cap)
+{
     DIR *d = opendir("/proc/self/fd");
     if (!d)
         return -errno;
@@ -253,12 +274,27 @@ int tu_count_fds(void)
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9')
             continue;
-        if (atoi(e->d_name) == dirfd(d))
+        int fd = atoi(e->d_name);
+        if (fd == dirfd(d))
             continue;
+        if (n < cap) { /* insert in order */
+            int i = n;
+            for (; i > 0 && fds[i - 1] > fd; i--)
+                fds[i] = fds[i - 1];
+            fds[i] = fd;
+        }
         n++;
     }
     closedir(d);
     return n;
+}
+
+void tu_fd_target(int fd, char *buf, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, buf, cap - 1);
+    buf[n < 0 ? 0 : n] = '\0';
 }
 
 /* ------------------------------------------------------------------ processes */
@@ -328,6 +364,18 @@ int tu_count_children(pid_t *list, int cap)
     }
     closedir(d);
     return n;
+}
+
+int tu_count_real_children(void)
+{
+    pid_t kids[256];
+    int n = tu_count_children(kids, 256);
+    pid_t helper = mproc_forkserver_pid();
+    int real = n;
+    for (int i = 0; i < n && i < 256; i++)
+        if (kids[i] == helper)
+            real--;
+    return real;
 }
 
 int tu_pidfd_open(pid_t pid)
@@ -452,6 +500,122 @@ int tu_under_sanitizer(void)
 #endif
 }
 
+/* ------------------------------------------------------------------ mproc children */
+
+int tu_entry_zero(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    return 0;
+}
+
+int tu_entry_code(const void *arg, size_t len)
+{
+    int code;
+    if (len != sizeof code || !arg)
+        return 250;
+    memcpy(&code, arg, sizeof code);
+    return code;
+}
+
+/* tu_start with any opts. */
+static int start_opts(mproc_process_t **out, const mproc_process_opts_t *opts, mproc_entry_fn fn,
+                      const void *arg, size_t len, const int *fds, int nfds)
+{
+    *out = NULL;
+    mproc_process_t *p = NULL;
+    int rc = mproc_process_create(&p, fn, arg, len, opts);
+    if (rc != 0) {
+        tu_fail(__FILE__, __LINE__, "create: %d (%s)", rc, mproc_strerror(rc));
+        return rc;
+    }
+    for (int i = 0; i < nfds && rc == 0; i++) {
+        rc = mproc_process_pass_fd(p, fds[i]);
+        if (rc != 0)
+            tu_fail(__FILE__, __LINE__, "pass_fd(%d) (#%d): %d (%s)", fds[i], i, rc,
+                    mproc_strerror(rc));
+    }
+    if (rc == 0)
+        rc = mproc_process_start(p);
+    if (rc != 0) {
+        TU_CHECK_EQ_INT(mproc_process_pid(p), 0); /* nothing was started */
+        TU_CHECK_OK(mproc_process_free(p));
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+int tu_start(mproc_process_t **p, mproc_start_method_t m, mproc_entry_fn fn, const void *arg,
+             size_t len, const int *fds, int nfds)
+{
+    mproc_process_opts_t o = {.method = m};
+    return start_opts(p, m == MPROC_START_DEFAULT ? NULL : &o, fn, arg, len, fds, nfds);
+}
+
+int tu_join_code(mproc_process_t *p)
+{
+    int code = TU_NO_CODE;
+    if (!TU_CHECK_OK(mproc_process_join(p, TU_T_MS)))
+        return TU_NO_CODE;
+    if (!TU_CHECK_OK(mproc_process_exitcode(p, &code)))
+        return TU_NO_CODE;
+    return code;
+}
+
+int tu_join_free(mproc_process_t *p)
+{
+    int code = tu_join_code(p);
+    if (code == TU_NO_CODE) { /* do not leave it running */
+        mproc_process_kill(p);
+        mproc_process_join(p, TU_T_MS);
+    }
+    TU_CHECK_OK(mproc_process_free(p));
+    return code;
+}
+
+int tu_run_with_fds(mproc_start_method_t m, mproc_entry_fn fn, const void *arg, size_t len,
+                    const int *fds, int nfds)
+{
+    mproc_process_t *p;
+    int code = TU_NO_CODE;
+    if (TU_CHECK_OK(tu_start(&p, m, fn, arg, len, fds, nfds)))
+        code = tu_join_free(p);
+    for (int i = 0; i < nfds; i++) /* the caller's fds are still its own */
+        if (!tu_fd_is_open(fds[i]))
+            tu_fail(__FILE__, __LINE__, "passed fd %d was closed in the parent", fds[i]);
+    return code;
+}
+
+int tu_run(mproc_start_method_t m, mproc_entry_fn fn, const void *arg, size_t len)
+{
+    return tu_run_with_fds(m, fn, arg, len, NULL, 0);
+}
+
+int tu_start_reporter(mproc_process_t **p, mproc_start_method_t m, mproc_entry_fn fn)
+{
+    *p = NULL;
+    int fds[2];
+    if (tu_pipe(fds) != 0)
+        return -1;
+    int rc = tu_start(p, m, fn, &fds[1], sizeof fds[1], &fds[1], 1);
+    close(fds[1]);
+    if (!TU_CHECK_OK(rc)) {
+        close(fds[0]);
+        return -1;
+    }
+    return fds[0];
+}
+
+int tu_report(const void *arg, size_t len, const void *data, size_t n)
+{
+    int fd;
+    if (len != sizeof fd || !arg)
+        return 250;
+    memcpy(&fd, arg, sizeof fd);
+    return tu_write_full(fd, data, n) == 0 ? 0 : 251;
+}
+
 /* ------------------------------------------------------------------ a blocked child */
 
 typedef struct {
@@ -513,26 +677,19 @@ int tu_start_blocked(tu_blocked_t *b, mproc_start_method_t m, const mproc_proces
     if (opts)
         o = *opts;
     o.method = m;
-    int rc = mproc_process_create(&b->p, tu_entry_block, &a, sizeof a, &o);
-    if (rc == 0)
-        rc = mproc_process_pass_fd(b->p, rp[1]);
-    if (rc == 0)
-        rc = mproc_process_pass_fd(b->p, lp[0]);
-    if (rc == 0)
-        rc = mproc_process_start(b->p);
+    int pass[2] = {rp[1], lp[0]};
+    int rc = start_opts(&b->p, &o, tu_entry_block, &a, sizeof a, pass, 2);
     close(rp[1]);
     close(lp[0]);
     b->ready_r = rp[0];
     b->release_w = lp[1];
     if (rc != 0) {
-        mproc_process_free(b->p);
-        b->p = NULL;
         tu_close(&b->ready_r);
         tu_close(&b->release_w);
         return rc;
     }
     pid_t pid = 0;
-    ssize_t n = tu_read_full(b->ready_r, &pid, sizeof pid, 10000);
+    ssize_t n = tu_read_full(b->ready_r, &pid, sizeof pid, TU_T_MS);
     if (n != (ssize_t)sizeof pid) {
         tu_fail(__FILE__, __LINE__, "blocked child (%s) did not report its pid: %zd",
                 tu_method_name(m), n);
@@ -548,12 +705,18 @@ int tu_release(tu_blocked_t *b)
     return tu_write_full(b->release_w, "x", 1);
 }
 
+int tu_release_join(tu_blocked_t *b)
+{
+    TU_CHECK_OK(tu_release(b));
+    return tu_join_code(b->p);
+}
+
 void tu_blocked_cleanup(tu_blocked_t *b)
 {
     if (b->p) {
         if (mproc_process_is_alive(b->p) == 1)
             mproc_process_kill(b->p);
-        int rc = mproc_process_join(b->p, 10000);
+        int rc = mproc_process_join(b->p, TU_T_MS);
         if (rc != 0)
             tu_fail(__FILE__, __LINE__, "cleanup: join: %d (%s)", rc, mproc_strerror(rc));
         rc = mproc_process_free(b->p);
@@ -589,33 +752,22 @@ static void snapshot_free(snapshot *s)
 static void snapshot_take(snapshot *s)
 {
     memset(s, 0, sizeof *s);
-    int cap = 64;
-    s->fds = calloc((size_t)cap, sizeof *s->fds);
-    DIR *d = opendir("/proc/self/fd");
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9')
-                continue;
-            int fd = atoi(e->d_name);
-            if (fd == dirfd(d))
-                continue;
-            if (s->nfds == cap) {
-                cap *= 2;
-                s->fds = realloc(s->fds, (size_t)cap * sizeof *s->fds);
-            }
-            fd_entry *fe = &s->fds[s->nfds++];
-            fe->fd = fd;
-            char path[64];
-            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-            ssize_t n = readlink(path, fe->target, sizeof fe->target - 1);
-            fe->target[n < 0 ? 0 : n] = '\0';
-        }
-        closedir(d);
+    int *fds = NULL, cap = 64, n;
+    do {
+        cap *= 2;
+        fds = realloc(fds, (size_t)cap * sizeof *fds);
+        n = tu_list_fds(fds, cap);
+    } while (n > cap);
+    s->nfds = n < 0 ? 0 : n;
+    s->fds = calloc((size_t)s->nfds + 1, sizeof *s->fds);
+    for (int i = 0; i < s->nfds; i++) {
+        s->fds[i].fd = fds[i];
+        tu_fd_target(fds[i], s->fds[i].target, sizeof s->fds[i].target);
     }
+    free(fds);
     int scap = 16;
     s->shm = calloc((size_t)scap, sizeof *s->shm);
-    d = opendir("/dev/shm");
+    DIR *d = opendir("/dev/shm");
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {

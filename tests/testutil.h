@@ -125,7 +125,50 @@ int tu_check_ok(const char *file, int line, const char *expr, long long rc);
 extern const mproc_start_method_t tu_methods[TU_NMETHODS];
 const char *tu_method_name(mproc_start_method_t m);
 
+/*
+ * TU_FOR_EACH_METHOD(m) { ... } runs the body once per start method (fork,
+ * spawn, forkserver) with `mproc_start_method_t m`, and the failure context
+ * set to "method=<name>" (the body may tu_context() something longer). It is
+ * one plain for loop: break and continue work as usual.
+ */
+#define TU_FOR_EACH_METHOD(m)                                                                      \
+    for (mproc_start_method_t m = tu_next_method(MPROC_START_DEFAULT); m != MPROC_START_DEFAULT;   \
+         m = tu_next_method(m))
+
+/* The method after prev in tu_methods (the first after MPROC_START_DEFAULT),
+ * with the context set to it; MPROC_START_DEFAULT, context cleared, after
+ * the last. */
+mproc_start_method_t tu_next_method(mproc_start_method_t prev);
+
+/*
+ * One case per start method, each calling fn(method):
+ *
+ *     static void daemon_killed_at_exit(mproc_start_method_t m) { ... }
+ *     TU_DEFINE_METHOD_CASES(daemon_killed_at_exit)
+ *
+ * defines test_daemon_killed_at_exit_fork, _spawn and _forkserver, and
+ * TU_METHOD_CASES(daemon_killed_at_exit) lists them in the case table.
+ */
+#define TU_DEFINE_METHOD_CASES(fn)                                                                 \
+    static void test_##fn##_fork(void)                                                             \
+    {                                                                                              \
+        fn(MPROC_START_FORK);                                                                      \
+    }                                                                                              \
+    static void test_##fn##_spawn(void)                                                            \
+    {                                                                                              \
+        fn(MPROC_START_SPAWN);                                                                     \
+    }                                                                                              \
+    static void test_##fn##_forkserver(void)                                                       \
+    {                                                                                              \
+        fn(MPROC_START_FORKSERVER);                                                                \
+    }
+#define TU_METHOD_CASES(fn)                                                                        \
+    TU_CASE(test_##fn##_fork), TU_CASE(test_##fn##_spawn), TU_CASE(test_##fn##_forkserver)
+
 /* ---------------------------------------------------------------- time, fds */
+
+/* Bound on anything that should be quick: a join, a child's report (10 s). */
+#define TU_T_MS 10000
 
 /* Monotonic milliseconds. */
 int64_t tu_now_ms(void);
@@ -157,11 +200,22 @@ int tu_fd_is_open(int fd);
 /* Number of open fds in this process (not counting the one used to count). */
 int tu_count_fds(void);
 
+/* The open fds of this process (not the one used to list them): up to cap
+ * of them in fds, ascending. Returns how many are open (may exceed cap), or
+ * negative errno. */
+int tu_list_fds(int *fds, int cap);
+
+/* What fd points at (readlink of /proc/self/fd/N); "" if unknown. */
+void tu_fd_target(int fd, char *buf, size_t cap);
+
 /* ---------------------------------------------------------------- processes */
 
 /* Number of processes whose parent is this process (running or zombie);
  * with list/cap, their pids too. */
 int tu_count_children(pid_t *list, int cap);
+
+/* tu_count_children(), not counting the forkserver helper. */
+int tu_count_real_children(void);
 
 /* Parent pid and state letter of pid from /proc/PID/stat; -1 if gone. */
 int tu_proc_stat(pid_t pid, pid_t *ppid, char *state);
@@ -197,6 +251,53 @@ int tu_run_child(tu_child_fn fn, void *ctx, int timeout_ms, int *status);
  * -ECHILD if it is not our child. */
 int tu_try_reap(pid_t pid, int *status);
 
+/* ---------------------------------------------------------------- mproc children */
+
+/* What the helpers below return when they could not get an exit code (after
+ * reporting why): never an exit status (0..255) or minus a signal number. */
+#define TU_NO_CODE (-9999)
+
+/* Entries: returns 0; returns its argument, an int (250 if len is wrong). */
+int tu_entry_zero(const void *arg, size_t len);
+int tu_entry_code(const void *arg, size_t len);
+
+/*
+ * create + pass_fd(fds[0..nfds)) + start. opts are {.method = m}, or NULL
+ * (every default) when m is MPROC_START_DEFAULT. Returns 0 with *p running,
+ * or the first error with *p NULL. A failed create or pass_fd is reported;
+ * a failed start is the caller's to check (it is checked that no pid was
+ * assigned), and the process is freed.
+ */
+int tu_start(mproc_process_t **p, mproc_start_method_t m, mproc_entry_fn fn, const void *arg,
+             size_t len, const int *fds, int nfds);
+
+/* join (TU_T_MS) + exitcode, both checked: the exit code, or TU_NO_CODE. */
+int tu_join_code(mproc_process_t *p);
+
+/* tu_join_code, then free (checked); a child still running after the join
+ * is killed first. Returns the exit code, or TU_NO_CODE. */
+int tu_join_free(mproc_process_t *p);
+
+/* tu_start (its failure reported) + tu_join_free: runs fn(arg, len) in a
+ * child of method m and returns its exit code, or TU_NO_CODE. */
+int tu_run(mproc_start_method_t m, mproc_entry_fn fn, const void *arg, size_t len);
+
+/* tu_run, with fds[0..nfds) passed; also checks they are still open in the
+ * caller afterwards. */
+int tu_run_with_fds(mproc_start_method_t m, mproc_entry_fn fn, const void *arg, size_t len,
+                    const int *fds, int nfds);
+
+/*
+ * A child that reports through a pipe: tu_start_reporter starts fn with the
+ * write end of a fresh pipe as its argument (an int, passed with pass_fd),
+ * closes that end here and returns the read end (to close), or -1 after
+ * reporting the failure (*p NULL). In the child, tu_report writes n bytes
+ * of data to that pipe and returns the exit status to return: 0, 250 (bad
+ * arg) or 251 (write failed).
+ */
+int tu_start_reporter(mproc_process_t **p, mproc_start_method_t m, mproc_entry_fn fn);
+int tu_report(const void *arg, size_t len, const void *data, size_t n);
+
 /* ---------------------------------------------------------------- a blocked child */
 
 /*
@@ -216,7 +317,7 @@ typedef struct {
 int tu_entry_block(const void *arg, size_t len);
 
 /* Create and start it; opts may be NULL (its method is overridden by m).
- * Returns 0 once the child reported its pid (10 s limit), else an error code
+ * Returns 0 once the child reported its pid (TU_T_MS limit), else an error code
  * with everything cleaned up and b->p == NULL. */
 int tu_start_blocked(tu_blocked_t *b, mproc_start_method_t m, const mproc_process_opts_t *opts,
                      int code);
@@ -224,7 +325,11 @@ int tu_start_blocked(tu_blocked_t *b, mproc_start_method_t m, const mproc_proces
 /* Write the release byte. 0 or negative errno. */
 int tu_release(tu_blocked_t *b);
 
-/* Kill the child if still running, join it (10 s), free it, close the pipes. */
+/* tu_release (checked) + tu_join_code(b->p): the exit code, or TU_NO_CODE.
+ * b still needs tu_blocked_cleanup. */
+int tu_release_join(tu_blocked_t *b);
+
+/* Kill the child if still running, join it (TU_T_MS), free it, close the pipes. */
 void tu_blocked_cleanup(tu_blocked_t *b);
 
 /* Sanitizer builds (memory figures are meaningless there). */
