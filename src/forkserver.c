@@ -39,6 +39,8 @@ static mproc_entry_fn fs_preload;
 static void *fs_preload_arg;
 static size_t fs_preload_len;
 static pthread_once_t fs_once = PTHREAD_ONCE_INIT;
+static uid_t fs_euid; /* the helper's credentials: the client's at its start */
+static gid_t fs_egid;
 
 /* A forked child is not the helper's client: drop its copies quietly (the
  * parent's connection is untouched, P1 applied to ourselves). */
@@ -119,6 +121,8 @@ static int fs_start_locked(void)
     __atomic_store_n(&fs_pid, pid, __ATOMIC_RELEASE);
     fs_pidfd = pidfd;
     fs_sock = sock;
+    fs_euid = geteuid();
+    fs_egid = getegid();
     return 0;
 }
 
@@ -169,6 +173,10 @@ pid_t mproc_forkserver_pid(void)
 static int fs_call_locked(const mproc__request_t *req, const int *fds, size_t nfds,
                           mproc__reply_t *reply, int *rfds, size_t *nr)
 {
+    if (fs_pid && (geteuid() != fs_euid || getegid() != fs_egid))
+        /* The caller changed identity (a server dropping root): children
+         * must not be forked with the credentials it gave up. */
+        fs_discard_locked(0);
     if (!fs_alive_locked()) {
         int rc = fs_start_locked(); /* its own error says why best */
         if (rc < 0)
@@ -183,6 +191,8 @@ static int fs_call_locked(const mproc__request_t *req, const int *fds, size_t nf
     free(buf);
     if (rc == 0)
         rc = mproc__reply_recv(fs_sock, reply, rfds, 2, nr, MPROC_FOREVER);
+    if (rc == -EMFILE)
+        return rc; /* the line is fine: we could not take the reply's fds */
     if (rc < 0) {
         fs_discard_locked(1);
         return MPROC_ESERVER;
@@ -199,6 +209,15 @@ int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, p
     int rfds[2];
     size_t nr = 0;
     int rc = fs_call_locked(req, fds, nfds, &reply, rfds, &nr);
+    if (rc == -EMFILE && reply.err == 0 && reply.pid > 0) {
+        /* Forked, but we cannot hold it: it must not run unwatched. */
+        mproc__request_t kill_req = {
+            .type = MPROC__REQ_SIGNAL, .exit_fd = -1, .pid = reply.pid, .sig = SIGKILL};
+        mproc__reply_t ignored;
+        int none[2];
+        size_t nnone = 0;
+        fs_call_locked(&kill_req, NULL, 0, &ignored, none, &nnone);
+    }
     pthread_mutex_unlock(&fs_lock);
     if (rc < 0)
         return rc;
@@ -296,7 +315,7 @@ static int remember_child(pid_t pid, int status_fd)
  * for (its stdio among them), close everything else the helper had, and run
  * the entry. exit_fd is the child's exit pipe in fallback builds, or -1. */
 _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn fn, int *fds,
-                                   int exit_fd, pid_t server)
+                                   int exit_fd, int go_fd, pid_t server)
 {
     int base = 3;
     int has_stdio[3] = {0, 0, 0};
@@ -317,12 +336,15 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
     for (uint32_t i = 0; i < req->nfds; i++)
         if ((parked[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, base)) < 0)
             mproc__child_fail(-errno);
-    /* The exit pipe too: its number here may be one the client asked for. */
+    /* Our own pipes too: their numbers may be ones the client asked for. */
     if (exit_fd >= 0 && (exit_fd = fcntl(exit_fd, F_DUPFD_CLOEXEC, base)) < 0)
         mproc__child_fail(-errno);
-    int keep[MPROC__MAX_FDS + 2]; /* sorted in place by the call below */
+    if ((go_fd = fcntl(go_fd, F_DUPFD_CLOEXEC, base)) < 0)
+        mproc__child_fail(-errno);
+    int keep[MPROC__MAX_FDS + 3]; /* sorted in place by the call below */
     size_t nkeep = req->nfds;
     memcpy(keep, parked, nkeep * sizeof keep[0]);
+    keep[nkeep++] = go_fd;
     if (exit_fd >= 0)
         keep[nkeep++] = exit_fd;
     if (cwd_fd >= 0)
@@ -344,6 +366,16 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
         close(cwd_fd);
     }
     mproc__child_adopt_exit_fd(exit_fd);
+    /* Run only once the client has been told about us: if the helper dies
+     * or cannot answer first, the client's start fails, and so do we. */
+    char go;
+    ssize_t n;
+    do
+        n = read(go_fd, &go, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1)
+        mproc__child_fail(MPROC_ESERVER);
+    close(go_fd);
     mproc__reset_signals();
     if ((req->flags & MPROC__F_DAEMON) && mproc__child_bind_to_parent(server) < 0)
         mproc__child_fail(-ESRCH);
@@ -359,8 +391,8 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
         rc = MPROC_EPROTO;
     if (rc == 0)
         rc = mproc__entry_resolve(&req->entry, &fn);
-    int sp[2] = {-1, -1}, ep[2] = {-1, -1};
-    if (rc == 0 && pipe2(sp, O_CLOEXEC) < 0)
+    int sp[2] = {-1, -1}, ep[2] = {-1, -1}, gp[2] = {-1, -1};
+    if (rc == 0 && (pipe2(sp, O_CLOEXEC) < 0 || pipe2(gp, O_CLOEXEC) < 0))
         rc = -errno;
     if (rc == 0 && !mproc__have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
         rc = -errno;
@@ -372,7 +404,7 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
         pid_t server = getpid();
         pid = fork();
         if (pid == 0)
-            become_child(req, fn, fds, ep[1], server);
+            become_child(req, fn, fds, ep[1], gp[0], server);
         if (pid < 0)
             rc = -errno;
         sigprocmask(SIG_SETMASK, &old, NULL);
@@ -381,9 +413,11 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
         close(fds[i]);
     if (ep[1] >= 0)
         close(ep[1]);
+    if (gp[0] >= 0)
+        close(gp[0]);
     if (rc < 0) {
-        int leftovers[3] = {sp[0], sp[1], ep[0]};
-        for (int i = 0; i < 3; i++)
+        int leftovers[4] = {sp[0], sp[1], ep[0], gp[1]};
+        for (int i = 0; i < 4; i++)
             if (leftovers[i] >= 0)
                 close(leftovers[i]);
         mproc__reply_send(sock, rc, 0, NULL, 0);
@@ -393,7 +427,12 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
         close(sp[1]); /* the client will see the status as lost */
     /* The client watches the child through a pidfd, or the exit pipe. */
     int out[2] = {sp[0], ep[0] >= 0 ? ep[0] : mproc__pidfd_open(pid)};
-    mproc__reply_send(sock, out[1] >= 0 ? 0 : out[1], pid, out, out[1] >= 0 ? 2 : 1);
+    rc = out[1] >= 0 ? 0 : out[1];
+    if (mproc__reply_send(sock, rc, pid, out, rc == 0 ? 2 : 1) == 0 && rc == 0) {
+        ssize_t n = write(gp[1], "g", 1); /* the child may run now */
+        (void)n;
+    }
+    close(gp[1]); /* without the byte, the child leaves */
     close(out[0]);
     if (out[1] >= 0)
         close(out[1]);
@@ -462,6 +501,12 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
          * mid-frame is broken, and we leave as if it had closed. */
         int rc = mproc__frame_recv(sock, MPROC__ARG_MAX + 65536, &buf, &len, fds, MPROC__MAX_FDS,
                                    &nfds, 30000);
+        if (rc == -EMFILE) {
+            /* At our fd limit: refuse this request, keep serving. */
+            free(buf);
+            mproc__reply_send(sock, rc, 0, NULL, 0);
+            continue;
+        }
         if (rc < 0)
             break;
         mproc__request_t req;

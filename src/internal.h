@@ -93,7 +93,10 @@ typedef struct {
  * Frames on a SOCK_STREAM Unix socket: a 4-byte length, the payload, and up
  * to MPROC__MAX_FDS fds riding on the first byte. recv allocates the payload
  * (at most max bytes), received fds are close-on-exec, and a frame that
- * lies (too long, too many fds, cut short) is MPROC_EPROTO / -ECONNRESET.
+ * lies (too long, cut short) is -EMSGSIZE / -ECONNRESET; the peer closing
+ * between frames is -EPIPE. -EMFILE: the frame was read whole (the caller
+ * frees *buf) but its fds could not all be received, and none are kept.
+ * reply_recv returns -EMFILE with *reply filled in that case.
  */
 int mproc__frame_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds);
 int mproc__frame_recv(int sock, size_t max, void **buf, size_t *len, int *fds, size_t maxfds,

@@ -20,9 +20,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
-typedef enum { CREATED, RUNNING, EXITED } state_t;
+/* STARTING: a start is under way without p->lock held (it may wait on a
+ * child or the helper); other calls treat the process as not started. */
+typedef enum { CREATED, STARTING, RUNNING, EXITED } state_t;
 
 struct mproc_process {
     pthread_mutex_t lock; /* state, collection; never held while waiting */
@@ -42,10 +46,12 @@ struct mproc_process {
     int exit_pipe;   /* without pidfd: EOF when the child exits, or -1  */
     int status_fd;   /* forkserver: the helper writes the exit code     */
     int helper_lost; /* forkserver: status_fd ended without a status   */
+    int pipe_lost;   /* fallback: exit pipe closed, child still running */
     int exitcode;
     int status_err; /* MPROC_ESTATUS when the forkserver lost it */
 
     struct mproc_process *next, *prev; /* registry, while RUNNING */
+    int pinned;                        /* exit_cleanup is using it: free must not (registry_lock) */
 };
 
 static _Atomic int default_method = MPROC_START_FORKSERVER;
@@ -104,9 +110,8 @@ static void registry_add(mproc_process_t *p)
     pthread_mutex_unlock(&registry_lock);
 }
 
-static void registry_remove(mproc_process_t *p)
+static void registry_remove_locked(mproc_process_t *p)
 {
-    pthread_mutex_lock(&registry_lock);
     if (p->prev)
         p->prev->next = p->next;
     else if (registry == p)
@@ -114,6 +119,12 @@ static void registry_remove(mproc_process_t *p)
     if (p->next)
         p->next->prev = p->prev;
     p->next = p->prev = NULL;
+}
+
+static void registry_remove(mproc_process_t *p)
+{
+    pthread_mutex_lock(&registry_lock);
+    registry_remove_locked(p);
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -131,15 +142,22 @@ static void exit_cleanup(void)
     if (idle && !mproc_forkserver_pid())
         return; /* the common child: nothing to wait for */
     for (;;) {
+        /* Pinned, p cannot be freed by another thread while we join it. */
         pthread_mutex_lock(&registry_lock);
         mproc_process_t *p = registry;
+        if (p)
+            p->pinned = 1;
         pthread_mutex_unlock(&registry_lock);
         if (!p)
             break;
         if (p->daemon)
             mproc_process_kill(p);
-        if (mproc_process_join(p, MPROC_FOREVER) < 0)
+        int rc = mproc_process_join(p, MPROC_FOREVER);
+        if (rc < 0)
             registry_remove(p); /* cannot happen; never loop forever */
+        pthread_mutex_lock(&registry_lock);
+        p->pinned = 0;
+        pthread_mutex_unlock(&registry_lock);
     }
     mproc_forkserver_stop();
 }
@@ -378,16 +396,23 @@ int mproc_process_start(mproc_process_t *p)
         return MPROC_ENOINIT;
     pthread_once(&registry_once, registry_install);
     pthread_mutex_lock(&p->lock);
-    int rc = 0;
-    if (p->state != CREATED)
-        rc = MPROC_ESTATE;
+    int rc = p->state == CREATED ? 0 : MPROC_ESTATE;
+    if (rc == 0)
+        p->state = STARTING;
+    pthread_mutex_unlock(&p->lock);
+    if (rc < 0)
+        return rc;
+
+    /* Unlocked from here: starting may wait for a spawned child or the
+     * helper, and may call the log hook; STARTING keeps others off p. */
     for (size_t i = 0; rc == 0 && i < p->nfds; i++)
         if (fcntl(p->fds[i], F_GETFD) < 0)
             rc = -EBADF; /* closed since pass_fd */
+    mproc_start_method_t method = p->method;
+    if (method == MPROC_START_DEFAULT)
+        method = mproc_get_start_method();
     if (rc == 0) {
-        if (p->method == MPROC_START_DEFAULT)
-            p->method = mproc_get_start_method();
-        switch (p->method) {
+        switch (method) {
         case MPROC_START_FORK:
             rc = start_fork(p);
             break;
@@ -399,10 +424,14 @@ int mproc_process_start(mproc_process_t *p)
             break;
         }
     }
+    pthread_mutex_lock(&p->lock);
     if (rc == 0) {
+        p->method = method;
         p->state = RUNNING;
         p->owner = getpid();
         registry_add(p);
+    } else {
+        p->state = CREATED;
     }
     pthread_mutex_unlock(&p->lock);
     return rc;
@@ -415,18 +444,66 @@ static int life_fd(const mproc_process_t *p)
     return p->pidfd >= 0 ? p->pidfd : p->exit_pipe;
 }
 
+/* Fallback: look (without reaping) whether the child has exited, with a
+ * backoff, until the deadline. Used just after its exit pipe closed (the
+ * pipe closes a moment before the child becomes collectable) and, rarely,
+ * for a child that closed the pipe itself and runs on: nothing is left to
+ * poll then. */
+static int wait_exit_peek(mproc_process_t *p, int64_t deadline)
+{
+    long pause_ns = 20000;
+    for (;;) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 && errno != EINTR)
+            return -errno;
+        if (si.si_pid != 0)
+            return 1;
+        int left = mproc__remaining_ms(deadline);
+        if (left == 0)
+            return 0;
+        struct timespec ts = {0, pause_ns};
+        if (left >= 0 && (long)left * 1000000 < pause_ns)
+            ts.tv_nsec = (long)left * 1000000;
+        nanosleep(&ts, NULL);
+        if (pause_ns < 50000000)
+            pause_ns *= 2;
+    }
+}
+
 /* Wait, without p->lock, until there is something to collect: 1, or 0 at
  * the deadline. */
 static int wait_event(mproc_process_t *p, int64_t deadline)
 {
-    if (p->method != MPROC_START_FORKSERVER || p->helper_lost)
+    pthread_mutex_lock(&p->lock);
+    int helper_lost = p->helper_lost, pipe_lost = p->pipe_lost;
+    pthread_mutex_unlock(&p->lock);
+    if (pipe_lost)
+        return wait_exit_peek(p, deadline);
+    if (p->method != MPROC_START_FORKSERVER && p->pidfd < 0) {
+        int rc = mproc__poll1(p->exit_pipe, POLLIN, mproc__remaining_ms(deadline), NULL);
+        if (rc <= 0)
+            return rc;
+        /* Exiting: allow it 100 ms (or the caller's longer timeout) to
+         * become collectable before deciding it closed the pipe itself. */
+        int64_t grace = mproc__now_ms() + 100;
+        rc = wait_exit_peek(p, deadline < 0 || deadline > grace ? deadline : grace);
+        if (rc != 0)
+            return rc;
+        pthread_mutex_lock(&p->lock);
+        p->pipe_lost = 1;
+        pthread_mutex_unlock(&p->lock);
+        return wait_exit_peek(p, deadline);
+    }
+    if (p->method != MPROC_START_FORKSERVER || helper_lost)
         return mproc__poll1(life_fd(p), POLLIN, mproc__remaining_ms(deadline), NULL);
     int rc = mproc__poll1(p->status_fd, POLLIN, mproc__remaining_ms(deadline), NULL);
     if (rc == 0 && mproc__poll1(life_fd(p), POLLIN, 0, NULL) > 0)
         /* Gone, and the helper has not written yet (a caller woken by the
-         * life fd gets here with timeout 0): the status is moments away,
-         * unless the helper is stuck, which collect treats as lost. */
-        rc = mproc__poll1(p->status_fd, POLLIN, 5000, NULL) >= 0 ? 1 : rc;
+         * life fd gets here with timeout 0): the status is moments away.
+         * A helper that takes longer is merely slow (or stopped): report
+         * a timeout, never a lost status. */
+        rc = mproc__poll1(p->status_fd, POLLIN, 100, NULL);
     return rc;
 }
 
@@ -437,25 +514,24 @@ static int collect_locked(mproc_process_t *p)
         return 1;
     int code = 0;
     if (p->method != MPROC_START_FORKSERVER) {
-        /* Without pidfd the exit pipe closed as the child exited; the
-         * blocking wait covers only the last steps of that exit. */
-        int rc = mproc__reap(p->pid, p->pidfd, p->pidfd < 0, &code);
+        int rc = mproc__reap(p->pid, p->pidfd, 0, &code);
         if (rc <= 0)
             return rc;
     } else {
-        int32_t status;
-        ssize_t n = -1; /* -1: nothing to read yet */
-        if (!p->helper_lost && mproc__poll1(p->status_fd, POLLIN, 0, NULL) > 0)
-            n = mproc__read_full(p->status_fd, &status, sizeof status);
-        if (n == (ssize_t)sizeof status) {
-            code = status;
-        } else {
-            if (n >= 0)
+        if (!p->helper_lost) {
+            int32_t status;
+            if (mproc__poll1(p->status_fd, POLLIN, 0, NULL) <= 0)
+                return 0;
+            ssize_t n = mproc__read_full(p->status_fd, &status, sizeof status);
+            if (n == (ssize_t)sizeof status)
+                code = status;
+            else
                 p->helper_lost = 1; /* EOF: from now on the life fd decides */
+        }
+        if (p->helper_lost) {
             if (mproc__poll1(life_fd(p), POLLIN, 0, NULL) <= 0)
                 return 0;
-            /* Exited, and the helper died (or hung) without reporting it. */
-            p->status_err = MPROC_ESTATUS;
+            p->status_err = MPROC_ESTATUS; /* the helper died first */
         }
     }
     p->exitcode = code;
@@ -471,10 +547,10 @@ int mproc_process_join(mproc_process_t *p, int timeout_ms)
     int64_t deadline = mproc__deadline(timeout_ms);
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        int rc = p->state == CREATED    ? MPROC_ESTATE
-                 : p->owner != getpid() ? -ECHILD
-                 : p->state == EXITED   ? 1
-                                        : 0;
+        int rc = p->state == CREATED || p->state == STARTING ? MPROC_ESTATE
+                 : p->owner != getpid()                      ? -ECHILD
+                 : p->state == EXITED                        ? 1
+                                                             : 0;
         pthread_mutex_unlock(&p->lock);
         if (rc)
             return rc < 0 ? rc : 0;
@@ -500,7 +576,7 @@ int mproc_process_is_alive(mproc_process_t *p)
     if (!p)
         return -EINVAL;
     pthread_mutex_lock(&p->lock);
-    int created = p->state == CREATED;
+    int created = p->state == CREATED || p->state == STARTING;
     pthread_mutex_unlock(&p->lock);
     if (created)
         return 0;
@@ -533,7 +609,7 @@ int mproc_process_signal(mproc_process_t *p, int sig)
         return -EINVAL;
     pthread_mutex_lock(&p->lock);
     int rc;
-    if (p->state == CREATED)
+    if (p->state == CREATED || p->state == STARTING)
         rc = MPROC_ESTATE;
     else if (p->owner != getpid())
         rc = -ECHILD;
@@ -559,24 +635,37 @@ int mproc_process_kill(mproc_process_t *p)
     return mproc_process_signal(p, SIGKILL);
 }
 
+/* The accessors take the lock: a start in another thread writes these. */
 pid_t mproc_process_pid(const mproc_process_t *p)
 {
-    return p ? p->pid : 0;
+    if (!p)
+        return 0;
+    mproc_process_t *w = (mproc_process_t *)p;
+    pthread_mutex_lock(&w->lock);
+    pid_t pid = p->state >= RUNNING ? p->pid : 0;
+    pthread_mutex_unlock(&w->lock);
+    return pid;
 }
 
 const char *mproc_process_name(const mproc_process_t *p)
 {
-    return p ? p->name : NULL;
+    return p ? p->name : NULL; /* fixed at create */
 }
 
 int mproc_process_is_daemon(const mproc_process_t *p)
 {
-    return p ? p->daemon : -EINVAL;
+    return p ? p->daemon : -EINVAL; /* fixed at create */
 }
 
 mproc_start_method_t mproc_process_method(const mproc_process_t *p)
 {
-    return p ? p->method : MPROC_START_DEFAULT;
+    if (!p)
+        return MPROC_START_DEFAULT;
+    mproc_process_t *w = (mproc_process_t *)p;
+    pthread_mutex_lock(&w->lock);
+    mproc_start_method_t m = p->method;
+    pthread_mutex_unlock(&w->lock);
+    return m;
 }
 
 int mproc_have_pidfd(void)
@@ -588,21 +677,33 @@ int mproc_process_fd(const mproc_process_t *p)
 {
     if (!p)
         return -EINVAL;
-    if (p->state == CREATED)
-        return MPROC_ESTATE;
-    return life_fd(p);
+    mproc_process_t *w = (mproc_process_t *)p;
+    pthread_mutex_lock(&w->lock);
+    int fd = p->state >= RUNNING ? life_fd(p) : MPROC_ESTATE;
+    pthread_mutex_unlock(&w->lock);
+    return fd;
 }
 
 int mproc_process_free(mproc_process_t *p)
 {
     if (!p)
         return 0;
+    pthread_mutex_lock(&p->lock);
+    state_t state = p->state;
     /* A copy inherited through fork is not ours to wait for: just drop it. */
-    int mine = p->state != CREATED && p->owner == getpid();
-    if (mine && p->state == RUNNING && mproc_process_join(p, 0) == -ETIMEDOUT)
+    int mine = state >= RUNNING && p->owner == getpid();
+    pthread_mutex_unlock(&p->lock);
+    if (state == STARTING)
         return -EBUSY;
-    if (mine && p->state == RUNNING)
-        registry_remove(p); /* collection failed oddly: do not leave a dangling entry */
+    if (mine && state == RUNNING && mproc_process_join(p, 0) == -ETIMEDOUT)
+        return -EBUSY;
+    pthread_mutex_lock(&registry_lock);
+    int pinned = p->pinned;
+    if (mine && !pinned)
+        registry_remove_locked(p); /* no-op once collected */
+    pthread_mutex_unlock(&registry_lock);
+    if (pinned)
+        return -EBUSY; /* the exit-time join holds it: the process is ending */
     if (p->pidfd >= 0)
         close(p->pidfd);
     if (p->exit_pipe >= 0)

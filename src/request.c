@@ -473,9 +473,7 @@ int mproc__frame_recv(int sock, size_t max, void **buf, size_t *len, int *fds, s
         }
     }
     int rc = 0;
-    if (msg.msg_flags & MSG_CTRUNC)
-        rc = MPROC_EPROTO; /* more fds than the receiver allows */
-    else if ((size_t)n < sizeof hdr)
+    if ((size_t)n < sizeof hdr)
         rc = read_exact(sock, (char *)&hdr + n, sizeof hdr - (size_t)n, deadline);
     if (rc == 0 && hdr > max)
         rc = -EMSGSIZE;
@@ -494,6 +492,14 @@ int mproc__frame_recv(int sock, size_t max, void **buf, size_t *len, int *fds, s
         return rc;
     }
     *len = hdr;
+    if (msg.msg_flags & MSG_CTRUNC) {
+        /* Some fds were dropped (our fd limit, or more than we take): the
+         * frame itself was read whole, so the stream stays in step, and
+         * the caller gets the payload to decide what to do. */
+        close_all(fds, *nfds);
+        *nfds = 0;
+        return -EMFILE;
+    }
     return 0;
 }
 
@@ -511,7 +517,7 @@ int mproc__reply_recv(int sock, mproc__reply_t *reply, int *fds, size_t maxfds, 
     void *buf;
     size_t len;
     int rc = mproc__frame_recv(sock, 64, &buf, &len, fds, maxfds, nfds, timeout_ms);
-    if (rc < 0)
+    if (rc < 0 && rc != -EMFILE)
         return rc;
     uint32_t msg[3];
     if (len != sizeof msg) {
@@ -529,5 +535,5 @@ int mproc__reply_recv(int sock, mproc__reply_t *reply, int *fds, size_t maxfds, 
     }
     reply->err = (int32_t)msg[1];
     reply->pid = (int32_t)msg[2];
-    return 0;
+    return rc; /* 0, or -EMFILE with the reply but without its fds */
 }

@@ -97,6 +97,23 @@ static int build_fd_actions(posix_spawn_file_actions_t *fa, const int *keep, siz
 /* Collect a child that failed to start. One that said why is leaving by
  * itself: give it a moment to finish its exit (killing it mid-exit can
  * orphan helpers of its own, such as a sanitizer's tracer), then kill. */
+/* The child's answer. Its death ends the wait too (through the pidfd),
+ * even if a fork elsewhere in this process holds a copy of the child's end
+ * of the socket and so keeps EOF from arriving. */
+static int await_ack(int sock, int pidfd, mproc__reply_t *ack)
+{
+    size_t nfds;
+    if (pidfd >= 0) {
+        struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
+        while (poll(pfd, 2, -1) < 0)
+            if (errno != EINTR)
+                return -errno;
+        if (!pfd[0].revents)
+            return -ECONNRESET; /* died without a word */
+    }
+    return mproc__reply_recv(sock, ack, NULL, 0, &nfds, pidfd >= 0 ? 0 : MPROC_FOREVER);
+}
+
 static void kill_and_reap(pid_t pid, int pidfd, int leaving)
 {
     int code;
@@ -185,10 +202,9 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
     /* A child that died early may still have said why (MPROC_ENOINIT from a
      * main() without mproc_init): read the answer even if the send failed. */
     mproc__reply_t ack = {0};
-    size_t nfds;
     if (rc == 0 || rc == -EPIPE || rc == -ECONNRESET) {
         int sent = rc;
-        rc = mproc__reply_recv(sv[0], &ack, NULL, 0, &nfds, MPROC_FOREVER);
+        rc = await_ack(sv[0], pidfd, &ack);
         if (rc == 0)
             rc = ack.err < 0 ? ack.err : sent;
         else if (rc == -EPIPE || rc == -ECONNRESET)
@@ -261,6 +277,10 @@ __attribute__((constructor)) static void spawn_detect(void)
 #endif
     spawn_fd = fd;
     uninitialised = 1;
+    /* Ours alone: neither the socket nor the variable may reach what this
+     * process execs, even if its main() never calls mproc_init. */
+    mproc__set_cloexec(fd, 1);
+    unsetenv(SPAWN_ENV);
     atexit(report_noinit);
 }
 
@@ -274,14 +294,14 @@ int mproc__spawn_receive(mproc__request_t *req, void **buf, int *sock)
     if (!uninitialised)
         return 0;
     uninitialised = 0;
-    unsetenv(SPAWN_ENV); /* not for our own children */
     int fd = spawn_fd;
     spawn_fd = -1;
-    mproc__set_cloexec(fd, 1);
 
     size_t len, nfds;
     int rc =
         mproc__frame_recv(fd, MPROC__ARG_MAX + 65536, buf, &len, NULL, 0, &nfds, MPROC_FOREVER);
+    if (rc == -EMFILE)
+        rc = MPROC_EPROTO; /* our parent sends no fds */
     if (rc == 0)
         rc = mproc__request_decode(*buf, len, req);
     if (rc == 0 && req->type != MPROC__REQ_CHILD && req->type != MPROC__REQ_SERVER)
