@@ -283,10 +283,17 @@ int mproc_have_pidfd(void);
  * is bound in any namespace (P12). If it dies, the next forkserver start
  * restarts it; children it had forked keep running, and their join
  * completes with exitcode MPROC_ESTATUS. Daemon children die with it.
+ * The helper forks with the credentials the caller had when it started:
+ * if the caller's effective uid or gid has changed since (a server that
+ * dropped root), the next forkserver start replaces the helper.
  */
 int mproc_forkserver_start(mproc_entry_fn preload, const void *arg, size_t len);
 
-/* Stop the helper (children keep running). 0 if it was not running. */
+/*
+ * Stop the helper. Its non-daemon children keep running (their exit status
+ * is then lost: MPROC_ESTATUS); its daemon children die with it. 0 if it
+ * was not running. The next forkserver start starts a new helper.
+ */
 int mproc_forkserver_stop(void);
 
 /* The helper's pid, or 0 when it is not running. */

@@ -69,14 +69,18 @@ static void fs_discard_locked(int kill_it)
     if (fs_sock >= 0)
         close(fs_sock);
     fs_sock = -1;
+    /* Closing the line makes the helper leave by itself. Without a pidfd
+     * there is no bounded wait for that (a stray copy of our end, held by
+     * a fork elsewhere, would keep it waiting), so kill it: its children
+     * fare the same either way. */
     int code;
-    if (kill_it) {
+    if (!kill_it && fs_pidfd >= 0 && mproc__poll1(fs_pidfd, POLLIN, 5000, NULL) == 0)
+        kill_it = 1; /* did not leave on EOF */
+    if (kill_it || fs_pidfd < 0) {
         if (fs_pidfd >= 0)
             mproc__pidfd_signal(fs_pidfd, SIGKILL);
         else
             kill(fs_pid, SIGKILL); /* not yet reaped: the pid is still ours */
-    } else if (fs_pidfd >= 0 && mproc__poll1(fs_pidfd, POLLIN, 5000, NULL) == 0) {
-        mproc__pidfd_signal(fs_pidfd, SIGKILL); /* did not leave on EOF */
     }
     mproc__reap(fs_pid, fs_pidfd, 1, &code);
     if (fs_pidfd >= 0)

@@ -247,16 +247,20 @@ out:
 
 static int start_fork(mproc_process_t *p)
 {
+    /* A count we cannot take (no /proc) counts as "maybe threaded": REFUSE
+     * must not let a fork through on a guess. */
     int threads = mproc__thread_count();
-    if (threads > 1) {
+    if (threads != 1) {
         int policy = atomic_load(&fork_policy);
         if (policy == MPROC_FORK_REFUSE)
             return MPROC_ETHREADS;
-        if (policy == MPROC_FORK_WARN)
+        if (policy == MPROC_FORK_WARN && threads > 1)
             mproc__log(MPROC_LOG_WARN,
                        "fork of '%s' from a process with %d threads: locks held by the other "
                        "threads stay locked in the child; use spawn or forkserver",
                        p->name, threads);
+        else if (policy == MPROC_FORK_WARN)
+            mproc__log(MPROC_LOG_WARN, "fork of '%s': cannot tell how many threads run", p->name);
     }
     int ep[2] = {-1, -1};
     if (!mproc__have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
