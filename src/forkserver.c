@@ -194,7 +194,7 @@ static int fs_call_locked(const mproc__request_t *req, const int *fds, size_t nf
     rc = mproc__frame_send(fs_sock, buf, len, fds, nfds);
     free(buf);
     if (rc == 0)
-        rc = mproc__reply_recv(fs_sock, reply, rfds, 2, nr, MPROC_FOREVER);
+        rc = mproc__reply_recv(fs_sock, reply, rfds, 3, nr, MPROC_FOREVER);
     if (rc == -EMFILE)
         return rc; /* the line is fine: we could not take the reply's fds */
     if (rc < 0) {
@@ -210,22 +210,22 @@ int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, p
     pthread_once(&fs_once, fs_install);
     pthread_mutex_lock(&fs_lock);
     mproc__reply_t reply;
-    int rfds[2];
+    int rfds[3];
     size_t nr = 0;
+    /* -EMFILE: the fds (the go pipe among them) were dropped, so the child
+     * leaves without running its entry and the helper reaps it. */
     int rc = fs_call_locked(req, fds, nfds, &reply, rfds, &nr);
-    if (rc == -EMFILE && reply.err == 0 && reply.pid > 0) {
-        /* Forked, but we cannot hold it: it must not run unwatched. */
-        mproc__request_t kill_req = {
-            .type = MPROC__REQ_SIGNAL, .exit_fd = -1, .pid = reply.pid, .sig = SIGKILL};
-        mproc__reply_t ignored;
-        int none[2];
-        size_t nnone = 0;
-        fs_call_locked(&kill_req, NULL, 0, &ignored, none, &nnone);
-    }
     pthread_mutex_unlock(&fs_lock);
     if (rc < 0)
         return rc;
-    if (reply.err == 0 && nr == 2 && reply.pid > 0) {
+    if (reply.err == 0 && nr == 3 && reply.pid > 0) {
+        int wrc = mproc__write_full(rfds[2], "g", 1); /* the child may run now */
+        close(rfds[2]);
+        if (wrc < 0) {
+            close(rfds[0]);
+            close(rfds[1]);
+            return MPROC_EBOOTSTRAP; /* killed before it could start */
+        }
         *pid = reply.pid;
         *status_fd = rfds[0];
         *life_fd = rfds[1];
@@ -249,7 +249,7 @@ int mproc__forkserver_signal(pid_t pid, int sig)
     int rc = -ESRCH; /* no helper: it cannot still own the child */
     if (fs_alive_locked()) {
         mproc__reply_t reply;
-        int rfds[2];
+        int rfds[3];
         size_t nr = 0;
         rc = fs_call_locked(&req, NULL, 0, &reply, rfds, &nr);
         for (size_t i = 0; i < nr; i++)
@@ -396,7 +396,10 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
     if (rc == 0)
         rc = mproc__entry_resolve(&req->entry, &fn);
     int sp[2] = {-1, -1}, ep[2] = {-1, -1}, gp[2] = {-1, -1};
-    if (rc == 0 && (pipe2(sp, O_CLOEXEC) < 0 || pipe2(gp, O_CLOEXEC) < 0))
+    /* The go line is a socketpair, not a pipe: the client writes to it with
+     * MSG_NOSIGNAL, so a child that died meanwhile is -EPIPE, not SIGPIPE. */
+    if (rc == 0 &&
+        (pipe2(sp, O_CLOEXEC) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, gp) < 0))
         rc = -errno;
     if (rc == 0 && !mproc__have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
         rc = -errno;
@@ -430,16 +433,15 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
     if (remember_child(pid, sp[1]) < 0)
         close(sp[1]); /* the client will see the status as lost */
     /* The client watches the child through a pidfd, or the exit pipe. */
-    int out[2] = {sp[0], ep[0] >= 0 ? ep[0] : mproc__pidfd_open(pid)};
+    /* The go pipe's write end goes to the client, which lets the child run
+     * once it holds everything: a client that cannot take the fds (its fd
+     * limit) never gets it, and the child leaves on EOF without running. */
+    int out[3] = {sp[0], ep[0] >= 0 ? ep[0] : mproc__pidfd_open(pid), gp[1]};
     rc = out[1] >= 0 ? 0 : out[1];
-    if (mproc__reply_send(sock, rc, pid, out, rc == 0 ? 2 : 1) == 0 && rc == 0) {
-        ssize_t n = write(gp[1], "g", 1); /* the child may run now */
-        (void)n;
-    }
-    close(gp[1]); /* without the byte, the child leaves */
-    close(out[0]);
-    if (out[1] >= 0)
-        close(out[1]);
+    mproc__reply_send(sock, rc, pid, out, rc == 0 ? 3 : 1);
+    for (int i = 0; i < 3; i++)
+        if (out[i] >= 0)
+            close(out[i]);
 }
 
 static void serve_signal(int sock, const mproc__request_t *req)

@@ -1,15 +1,22 @@
 /*
  * test_forkserver.c - the forkserver helper: explicit start with a preload,
- * state errors, pid, P12 (nothing bound), death of the helper, stop, and a
- * forked copy of a process that has a helper.
+ * state errors, pid, P12 (nothing bound), death of the helper, stop, a
+ * forked copy of a process that has a helper, a caller that drops its
+ * credentials, a caller at its fd limit, and a helper too slow (stopped) to
+ * report a status.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mproc.h"
@@ -376,6 +383,254 @@ static void test_start_args(void)
     TU_CHECK_OK(mproc_forkserver_stop());
 }
 
+/* ------------------------------------------------------------------ credentials */
+
+#define NOBODY 65534
+
+/* A reporter: reports its effective uid and gid and its parent's pid. */
+static int entry_report_creds(const void *arg, size_t len)
+{
+    int v[3] = {(int)geteuid(), (int)getegid(), (int)getppid()};
+    return tu_report(arg, len, v, sizeof v);
+}
+
+/* In a raw-forked copy (the test process keeps root): start a helper as
+ * root, drop to nobody, then start a forkserver child. */
+static int drop_creds_child(void *ctx)
+{
+    (void)ctx;
+    if (!TU_CHECK_OK(mproc_forkserver_start(NULL, NULL, 0)))
+        return 2;
+    pid_t root_helper = mproc_forkserver_pid();
+    TU_CHECK(root_helper > 0);
+    /* the whole identity: no root group left behind either */
+    if (!TU_CHECK_EQ_INT(setgroups(0, NULL), 0) ||
+        !TU_CHECK_EQ_INT(setresgid(NOBODY, NOBODY, NOBODY), 0) ||
+        !TU_CHECK_EQ_INT(setresuid(NOBODY, NOBODY, NOBODY), 0)) {
+        mproc_forkserver_stop();
+        return 3;
+    }
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), root_helper); /* nothing happens until a call */
+
+    mproc_process_t *p;
+    int rfd = tu_start_reporter(&p, MPROC_START_FORKSERVER, entry_report_creds);
+    if (rfd >= 0) {
+        int v[3] = {-1, -1, -1};
+        TU_CHECK_EQ_INT(tu_read_full(rfd, v, sizeof v, TU_T_MS), (long long)sizeof v);
+        close(rfd);
+        TU_CHECK_EQ_INT(tu_join_free(p), 0);
+        /* the child has the caller's new identity, not the one it gave up */
+        TU_CHECK_EQ_INT(v[0], NOBODY);
+        TU_CHECK_EQ_INT(v[1], NOBODY);
+        /* because a new helper forked it: the root one is gone (reaped) */
+        pid_t helper = mproc_forkserver_pid();
+        TU_CHECK(helper > 0);
+        TU_CHECK(helper != root_helper);
+        TU_CHECK_EQ_INT(v[2], helper);
+        TU_CHECK_EQ_INT(tu_proc_stat(root_helper, NULL, NULL), -1);
+        /* and it keeps serving: no restart while the identity holds */
+        TU_CHECK_EQ_INT(tu_run(MPROC_START_FORKSERVER, tu_entry_zero, NULL, 0), 0);
+        TU_CHECK_EQ_INT(mproc_forkserver_pid(), helper);
+    }
+    /* leave nothing behind: this copy's helper is its own to stop */
+    TU_CHECK_OK(mproc_forkserver_stop());
+    TU_CHECK_EQ_INT(tu_count_children(NULL, 0), 0);
+    return 0;
+}
+
+/* A caller that drops root must not have children forked with root's
+ * credentials by the helper it started while it was root. */
+static void test_credential_change_restarts_helper(void)
+{
+    if (geteuid() != 0) {
+        fprintf(stderr, "  (skipped: needs root to change credentials)\n");
+        return;
+    }
+    int status = -1;
+    TU_CHECK_OK(tu_run_child(drop_creds_child, NULL, 60000, &status));
+    TU_CHECK_EQ_INT(status, 0);
+    TU_CHECK_EQ_INT(geteuid(), 0); /* the test process itself kept root */
+}
+
+/* ------------------------------------------------------------------ fd limit */
+
+/* A reporter that writes "RAN" as soon as its entry runs. */
+static int entry_ran(const void *arg, size_t len)
+{
+    return tu_report(arg, len, "RAN", 3);
+}
+
+/* Our child processes (orphans come back to us as a subreaper) are all
+ * exiting or gone: wait for each and reap it; one still running after
+ * TU_T_MS is a failure (killed). */
+static void reap_all_children(void)
+{
+    pid_t kids[64];
+    int n = tu_count_children(kids, 64);
+    for (int i = 0; i < n && i < 64; i++) {
+        int st = 0;
+        int rc = tu_wait_child(kids[i], -1, TU_T_MS, &st);
+        if (rc == -ETIMEDOUT) {
+            tu_fail(__FILE__, __LINE__, "child %d still running", (int)kids[i]);
+            tu_kill_child(kids[i], -1);
+        }
+    }
+}
+
+/* In a raw-forked copy (lowering RLIMIT_NOFILE must not disturb the
+ * harness): a forkserver start whose reply (2 fds) cannot be received. */
+static int fd_limit_child(void *ctx)
+{
+    (void)ctx;
+    /* Whatever our helper leaves when it stops comes back to us. */
+    TU_CHECK_EQ_INT(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+    if (!TU_CHECK_OK(mproc_forkserver_start(NULL, NULL, 0)))
+        return 2;
+    pid_t helper = mproc_forkserver_pid();
+    TU_CHECK(helper > 0);
+
+    /* Everything the start needs is made before the limit comes down. */
+    int pp[2];
+    if (tu_pipe(pp) != 0)
+        return 3;
+    mproc_process_opts_t o = {.method = MPROC_START_FORKSERVER};
+    mproc_process_t *p = NULL;
+    if (!TU_CHECK_OK(mproc_process_create(&p, entry_ran, &pp[1], sizeof pp[1], &o)) ||
+        !TU_CHECK_OK(mproc_process_pass_fd(p, pp[1])))
+        return 4;
+    int fds[256];
+    int nopen = tu_list_fds(fds, 256);
+    if (!TU_CHECK(nopen > 0 && nopen <= 256))
+        return 5;
+    struct rlimit old, low;
+    TU_CHECK_EQ_INT(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = (rlim_t)fds[nopen - 1] + 1; /* the highest open fd + 1 */
+
+    /* At the limit: the holes below it filled too, no fd can be opened. */
+    int fillers[256];
+    int nfill = 0, fill_errno = 0;
+    int set_rc = setrlimit(RLIMIT_NOFILE, &low);
+    while (set_rc == 0 && nfill < 256) {
+        int fd = fcntl(2, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+            fill_errno = errno;
+            break;
+        }
+        fillers[nfill++] = fd;
+    }
+    int start_rc = set_rc == 0 ? mproc_process_start(p) : 0;
+    pid_t helper_after = mproc_forkserver_pid();
+    /* Limit restored before anything else. */
+    for (int i = 0; i < nfill; i++)
+        close(fillers[i]);
+    TU_CHECK_EQ_INT(setrlimit(RLIMIT_NOFILE, &old), 0);
+    TU_CHECK_EQ_INT(set_rc, 0);
+    TU_CHECK_EQ_INT(fill_errno, EMFILE);
+
+    TU_CHECK_EQ_INT(start_rc, -EMFILE);
+    TU_CHECK_EQ_INT(mproc_process_pid(p), 0);
+    TU_CHECK_EQ_INT(mproc_process_is_alive(p), 0);
+    /* the helper survived: the same one, still running */
+    TU_CHECK_EQ_INT(helper_after, helper);
+    TU_CHECK_EQ_INT(kill(helper, 0), 0);
+    TU_CHECK_OK(mproc_process_free(p));
+
+    /* The child the helper forked for that start is gone without having run
+     * its entry: its copy of the pipe closed, and nothing was written. */
+    close(pp[1]);
+    char buf[16];
+    ssize_t n = tu_read_all(pp[0], buf, sizeof buf, TU_T_MS);
+    if (n != 0)
+        tu_fail(__FILE__, __LINE__,
+                "the child of the failed start: %zd (want 0: exited without running its entry)", n);
+    close(pp[0]);
+
+    /* With the limit back, the same helper serves the next start. */
+    mproc_process_t *q;
+    int rfd = tu_start_reporter(&q, MPROC_START_FORKSERVER, entry_ran);
+    if (rfd >= 0) {
+        TU_CHECK_EQ_INT(tu_read_all(rfd, buf, sizeof buf, TU_T_MS), 3);
+        close(rfd);
+        TU_CHECK_EQ_INT(tu_join_free(q), 0);
+    }
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), helper);
+
+    TU_CHECK_OK(mproc_forkserver_stop());
+    reap_all_children();
+    return 0;
+}
+
+static void test_reply_fds_at_fd_limit(void)
+{
+    int status = -1;
+    TU_CHECK_OK(tu_run_child(fd_limit_child, NULL, 60000, &status));
+    TU_CHECK_EQ_INT(status, 0);
+}
+
+/* ------------------------------------------------------------------ slow helper */
+
+/* The child has exited, but its helper is stopped and cannot report the
+ * status: the child is not finished yet for the caller, and its status is
+ * not lost; once the helper runs again, the real code arrives. */
+static void test_slow_helper_status_not_lost(void)
+{
+    TU_REQUIRE_OK(mproc_forkserver_start(NULL, NULL, 0));
+    pid_t helper = mproc_forkserver_pid();
+    TU_REQUIRE(helper > 0);
+    tu_blocked_t b;
+    TU_REQUIRE_OK(tu_start_blocked(&b, MPROC_START_FORKSERVER, NULL, 9));
+    int lfd = mproc_process_fd(b.p);
+    TU_CHECK(lfd >= 0);
+
+    /* Stop the helper, and know it is stopped (it is our child). */
+    TU_CHECK_EQ_INT(kill(helper, SIGSTOP), 0);
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    int wrc;
+    while ((wrc = waitid(P_PID, (id_t)helper, &si, WSTOPPED)) < 0 && errno == EINTR) {
+    }
+    TU_CHECK_EQ_INT(wrc, 0);
+    TU_CHECK_EQ_INT(si.si_code, CLD_STOPPED);
+
+    /* Release the child and wait until its life fd says it exited. */
+    TU_CHECK_OK(tu_release(&b));
+    if (lfd >= 0)
+        TU_CHECK_EQ_INT(tu_wait_readable(lfd, TU_T_MS), 1);
+    for (int i = 0; i < 2; i++) {
+        tu_context("round %d, helper stopped", i);
+        int64_t t0 = tu_now_ms();
+        int alive = mproc_process_is_alive(b.p);
+        int64_t dt = tu_now_ms() - t0;
+        TU_CHECK(alive == 1 || alive == 0);
+        if (dt >= 2000)
+            tu_fail(__FILE__, __LINE__, "is_alive took %lld ms", (long long)dt);
+        int code = TU_NO_CODE;
+        int rc = mproc_process_exitcode(b.p, &code);
+        TU_CHECK_NE_INT(rc, MPROC_ESTATUS);
+        if (rc == 0)
+            TU_CHECK_NE_INT(code, MPROC_ESTATUS);
+        if (alive == 1)
+            TU_CHECK_EQ_INT(rc, -EBUSY);
+        t0 = tu_now_ms();
+        rc = mproc_process_join(b.p, 200);
+        dt = tu_now_ms() - t0;
+        TU_CHECK(rc == -ETIMEDOUT || rc == 0);
+        if (dt >= 2000)
+            tu_fail(__FILE__, __LINE__, "join(200) took %lld ms", (long long)dt);
+    }
+    tu_context(NULL);
+
+    TU_CHECK_EQ_INT(kill(helper, SIGCONT), 0);
+    TU_CHECK_OK(mproc_process_join(b.p, TU_T_MS));
+    int code = TU_NO_CODE;
+    TU_CHECK_OK(mproc_process_exitcode(b.p, &code));
+    TU_CHECK_EQ_INT(code, 9);
+    TU_CHECK_EQ_INT(mproc_process_is_alive(b.p), 0);
+    TU_CHECK_EQ_INT(mproc_forkserver_pid(), helper);
+    tu_blocked_cleanup(&b);
+}
+
 static const tu_case_t cases[] = {
     TU_CASE(test_preload_and_state),
     TU_CASE(test_lazy_start),
@@ -385,6 +640,9 @@ static const tu_case_t cases[] = {
     TU_CASE(test_daemon_children_die_with_helper),
     TU_CASE(test_forked_copy_gets_own_helper),
     TU_CASE(test_start_args),
+    TU_CASE(test_credential_change_restarts_helper),
+    TU_CASE(test_reply_fds_at_fd_limit),
+    TU_CASE(test_slow_helper_status_not_lost),
     TU_END,
 };
 

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -825,6 +827,89 @@ static void test_large_argument(void)
     free(big);
 }
 
+/* ------------------------------------------------------------------ a child without fds */
+
+/* Close fds lo..hi (hi may be ~0U). */
+static void close_fd_range(unsigned lo, unsigned hi)
+{
+    if (lo > hi)
+        return;
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, lo, hi, 0) == 0)
+        return;
+#endif
+    struct rlimit rl;
+    unsigned top = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < top)
+        top = (unsigned)rl.rlim_cur;
+    for (unsigned fd = lo; fd <= hi && fd < top; fd++)
+        close((int)fd);
+}
+
+/* A reporter that writes "R", closes every fd above 2 (in fallback builds
+ * its exit pipe among them) with the report pipe last, then runs on until
+ * it is killed. */
+static int entry_close_fds_and_wait(const void *arg, size_t len)
+{
+    int fd;
+    if (len != sizeof fd || !arg)
+        return 250;
+    memcpy(&fd, arg, sizeof fd);
+    if (tu_write_full(fd, "R", 1) != 0)
+        return 251;
+    close_fd_range(3, (unsigned)fd - 1);
+    close_fd_range((unsigned)fd + 1, ~0U);
+    close(fd);
+    for (;;)
+        pause();
+}
+
+/* Without pidfds a child is watched through its exit pipe; one that closes
+ * it and runs on is still running: a join times out on time, is_alive says
+ * 1, and it can be killed and collected. (With pidfds: trivially so.) */
+static void closed_exit_pipe(mproc_start_method_t m)
+{
+    tu_context("method=%s pidfd=%d", tu_method_name(m), mproc_have_pidfd());
+    mproc_process_t *p;
+    int rfd = tu_start_reporter(&p, m, entry_close_fds_and_wait);
+    if (rfd < 0)
+        return;
+    /* "R", then EOF: every fd above 2 is closed in the child */
+    char buf[8];
+    TU_CHECK_EQ_INT(tu_read_all(rfd, buf, sizeof buf, TU_T_MS), 1);
+    close(rfd);
+    TU_CHECK_EQ_INT(kill(mproc_process_pid(p), 0), 0);
+
+    alarm(60); /* a join that blocks for good fails here, not at the case limit */
+    int64_t t0 = tu_now_ms();
+    int rc = mproc_process_join(p, 200);
+    int64_t dt = tu_now_ms() - t0;
+    TU_CHECK_EQ_INT(rc, -ETIMEDOUT);
+    if (dt < 190 || dt >= 2000)
+        tu_fail(__FILE__, __LINE__, "join(p, 200) took %lld ms", (long long)dt);
+    t0 = tu_now_ms();
+    TU_CHECK_EQ_INT(mproc_process_is_alive(p), 1);
+    int code = TU_NO_CODE;
+    TU_CHECK_EQ_INT(mproc_process_exitcode(p, &code), -EBUSY);
+    dt = tu_now_ms() - t0;
+    if (dt >= 2000)
+        tu_fail(__FILE__, __LINE__, "is_alive + exitcode took %lld ms", (long long)dt);
+    TU_CHECK_OK(mproc_process_kill(p));
+    TU_CHECK_OK(mproc_process_join(p, TU_T_MS));
+    code = TU_NO_CODE;
+    TU_CHECK_OK(mproc_process_exitcode(p, &code));
+    TU_CHECK_EQ_INT(code, -SIGKILL);
+    TU_CHECK_EQ_INT(mproc_process_is_alive(p), 0);
+    alarm((unsigned)tu_case_timeout_s);
+    if (mproc_process_free(p) != 0) {
+        tu_fail(__FILE__, __LINE__, "free failed");
+        mproc_process_kill(p);
+        mproc_process_join(p, TU_T_MS);
+        mproc_process_free(p);
+    }
+}
+TU_DEFINE_METHOD_CASES(closed_exit_pipe)
+
 static const tu_case_t cases[] = {
     TU_CASE(test_default_method),
     TU_CASE(test_exit_codes),
@@ -849,6 +934,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_many_at_once),
     TU_CASE(test_entry_not_crossable),
     TU_CASE(test_large_argument),
+    TU_METHOD_CASES(closed_exit_pipe),
     TU_END,
 };
 

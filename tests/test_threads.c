@@ -5,14 +5,19 @@
  * fork child inherits the mutex locked, with no thread left to unlock it;
  * spawn and forkserver children get a fresh, unlocked one. The fork policy
  * decides whether the fork start is refused, warned about, or allowed.
+ * And a process object whose start is under way in one thread answers
+ * other threads at once.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -296,17 +301,227 @@ static void test_concurrent_starts_from_threads(void)
     }
 }
 
+/* ------------------------------------------------------------------ a start held open */
+
+/*
+ * TU_START_GATE=<dir> in the environment of a spawned copy of this program
+ * (a spawn child, or the forkserver helper) holds it in main() before
+ * mproc_init: it writes a byte to the FIFO <dir>/ready, then waits for a
+ * byte (or EOF) on the FIFO <dir>/go. Until then the start that made it
+ * cannot complete.
+ */
+#define GATE_ENV "TU_START_GATE"
+
+static void start_gate(void)
+{
+    const char *dir = getenv(GATE_ENV);
+    if (!dir)
+        return;
+    char path[512];
+    snprintf(path, sizeof path, "%s/ready", dir);
+    /* non-blocking opens: a test that went away must not strand us */
+    int w = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    snprintf(path, sizeof path, "%s/go", dir);
+    int g = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    unsetenv(GATE_ENV);
+    if (g >= 0)
+        fcntl(g, F_SETFL, 0);
+    if (w >= 0) {
+        tu_write_full(w, "r", 1);
+        close(w);
+    }
+    if (g >= 0) {
+        char c;
+        while (read(g, &c, 1) < 0 && errno == EINTR) {
+        }
+        close(g);
+    }
+}
+
+typedef struct {
+    char dir[64];
+    int ready_r; /* O_RDONLY | O_NONBLOCK */
+    int go;      /* O_RDWR: keeps a writer, so the child's read waits */
+} gate_t;
+
+static int gate_open(gate_t *g)
+{
+    g->ready_r = g->go = -1;
+    snprintf(g->dir, sizeof g->dir, "/tmp/mproc-gate-XXXXXX");
+    if (!mkdtemp(g->dir)) {
+        tu_fail(__FILE__, __LINE__, "mkdtemp: %s", strerror(errno));
+        return -1;
+    }
+    char path[128];
+    snprintf(path, sizeof path, "%s/ready", g->dir);
+    if (mkfifo(path, 0600) == 0)
+        g->ready_r = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    snprintf(path, sizeof path, "%s/go", g->dir);
+    if (mkfifo(path, 0600) == 0)
+        g->go = open(path, O_RDWR | O_CLOEXEC);
+    if (g->ready_r < 0 || g->go < 0) {
+        tu_fail(__FILE__, __LINE__, "gate fifos: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Let the held child through (idempotent). */
+static void gate_release(gate_t *g)
+{
+    if (g->go >= 0)
+        tu_write_full(g->go, "g", 1);
+    tu_close(&g->go); /* and EOF, had the byte been missed */
+}
+
+static void gate_close(gate_t *g)
+{
+    gate_release(g);
+    tu_close(&g->ready_r);
+    char path[128];
+    snprintf(path, sizeof path, "%s/ready", g->dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/go", g->dir);
+    unlink(path);
+    rmdir(g->dir);
+}
+
+typedef struct {
+    mproc_process_t *p;
+    int rc;
+    pthread_t th;
+} starter_t;
+
+static void *start_main(void *arg)
+{
+    starter_t *s = arg;
+    s->rc = mproc_process_start(s->p);
+    return NULL;
+}
+
+/* What another thread sees of p while its start is under way. */
+typedef struct {
+    mproc_process_t *p;
+    int done_w;
+    pid_t pid;
+    int alive, sig0, kill, join, exitcode, fd, start, free_rc;
+    mproc_start_method_t method;
+    pthread_t th;
+} observer_t;
+
+static void *observe_main(void *arg)
+{
+    observer_t *o = arg;
+    int code;
+    o->pid = mproc_process_pid(o->p);
+    o->alive = mproc_process_is_alive(o->p);
+    o->sig0 = mproc_process_signal(o->p, 0);
+    o->kill = mproc_process_kill(o->p);
+    o->join = mproc_process_join(o->p, 0);
+    o->exitcode = mproc_process_exitcode(o->p, &code);
+    o->fd = mproc_process_fd(o->p);
+    o->method = mproc_process_method(o->p);
+    o->start = mproc_process_start(o->p);
+    o->free_rc = mproc_process_free(o->p);
+    tu_write_full(o->done_w, "d", 1);
+    return NULL;
+}
+
+/* The start (spawn: the child; forkserver: the helper it starts on
+ * demand) is held in main() at the gate while another thread uses p:
+ * every call answers at once, as for a process not started yet, and the
+ * start then completes normally. */
+static void start_in_progress(mproc_start_method_t m)
+{
+    TU_REQUIRE_OK(mproc_forkserver_stop()); /* forkserver: started by this start */
+    gate_t g;
+    if (gate_open(&g) != 0) {
+        gate_close(&g);
+        return;
+    }
+    int want = 23;
+    mproc_process_opts_t opts = {.method = m};
+    starter_t s = {0};
+    if (!TU_CHECK_OK(mproc_process_create(&s.p, tu_entry_code, &want, sizeof want, &opts))) {
+        gate_close(&g);
+        return;
+    }
+    int done[2] = {-1, -1};
+    tu_pipe(done);
+    setenv(GATE_ENV, g.dir, 1); /* before any thread: no getenv races it */
+    int started = pthread_create(&s.th, NULL, start_main, &s) == 0;
+    TU_CHECK(started);
+    char c;
+    /* The spawned program is at the gate: the start is under way. */
+    int held = started && tu_read_full(g.ready_r, &c, 1, TU_T_MS) == 1;
+    TU_CHECK(held);
+    observer_t o = {.p = s.p, .done_w = done[1]};
+    int observing = 0;
+    if (held) {
+        observing = pthread_create(&o.th, NULL, observe_main, &o) == 0;
+        TU_CHECK(observing);
+        /* None of its calls may wait for the start to finish. */
+        if (observing && tu_read_full(done[0], &c, 1, 5000) != 1)
+            tu_fail(__FILE__, __LINE__, "calls on p blocked while its start was under way");
+    }
+    gate_release(&g); /* the start may complete now */
+    if (observing)
+        pthread_join(o.th, NULL);
+    if (started)
+        pthread_join(s.th, NULL);
+    unsetenv(GATE_ENV);
+    gate_close(&g);
+    tu_close(&done[0]);
+    tu_close(&done[1]);
+
+    if (observing) {
+        TU_CHECK_EQ_INT(o.pid, 0);
+        TU_CHECK_EQ_INT(o.alive, 0);
+        TU_CHECK_EQ_INT(o.sig0, MPROC_ESTATE);
+        TU_CHECK_EQ_INT(o.kill, MPROC_ESTATE);
+        TU_CHECK_EQ_INT(o.join, MPROC_ESTATE);
+        TU_CHECK_EQ_INT(o.exitcode, MPROC_ESTATE);
+        TU_CHECK_EQ_INT(o.fd, MPROC_ESTATE);
+        TU_CHECK_EQ_INT(o.method, m);
+        TU_CHECK_EQ_INT(o.start, MPROC_ESTATE);
+        TU_CHECK_EQ_INT(o.free_rc, -EBUSY);
+    }
+    if (observing && o.free_rc == 0)
+        return; /* freed by the observer (after the start had finished): gone */
+    if (started && TU_CHECK_OK(s.rc)) {
+        TU_CHECK(mproc_process_pid(s.p) > 0);
+        TU_CHECK_EQ_INT(mproc_process_method(s.p), m);
+        TU_CHECK_EQ_INT(tu_join_free(s.p), want);
+    } else {
+        TU_CHECK_EQ_INT(mproc_process_pid(s.p), 0);
+        TU_CHECK_OK(mproc_process_free(s.p));
+    }
+}
+
+static void test_start_in_progress_spawn(void)
+{
+    start_in_progress(MPROC_START_SPAWN);
+}
+
+static void test_start_in_progress_forkserver(void)
+{
+    start_in_progress(MPROC_START_FORKSERVER);
+}
+
 static const tu_case_t cases[] = {
     TU_CASE(test_warn_policy),
     TU_CASE(test_refuse_policy),
     TU_CASE(test_allow_policy),
     TU_CASE(test_single_threaded_fork_not_refused),
     TU_CASE(test_concurrent_starts_from_threads),
+    TU_CASE(test_start_in_progress_spawn),
+    TU_CASE(test_start_in_progress_forkserver),
     TU_END,
 };
 
 int main(int argc, char **argv)
 {
+    start_gate(); /* a spawned copy held for test_start_in_progress_* */
     mproc_init(&argc, &argv);
     return tu_main(argc, argv, cases);
 }
