@@ -69,19 +69,19 @@ static void fs_discard_locked(int kill_it)
     if (fs_sock >= 0)
         close(fs_sock);
     fs_sock = -1;
-    /* Closing the line makes the helper leave by itself. Without a pidfd
-     * there is no bounded wait for that (a stray copy of our end, held by
-     * a fork elsewhere, would keep it waiting), so kill it: its children
-     * fare the same either way. */
+    /* Closing the line makes the helper leave by itself, and SIGTERM makes
+     * it leave even if a stray copy of our end (held by a fork elsewhere)
+     * keeps the line open. Either way it first reaps the children that
+     * have exited, so none is left a zombie for a subreaper. The pid is
+     * still ours to signal: the helper is not reaped yet. */
     int code;
+    int sig = kill_it ? SIGKILL : SIGTERM;
+    if (fs_pidfd >= 0)
+        mproc__pidfd_signal(fs_pidfd, sig);
+    else
+        kill(fs_pid, sig);
     if (!kill_it && fs_pidfd >= 0 && mproc__poll1(fs_pidfd, POLLIN, 5000, NULL) == 0)
-        kill_it = 1; /* did not leave on EOF */
-    if (kill_it || fs_pidfd < 0) {
-        if (fs_pidfd >= 0)
-            mproc__pidfd_signal(fs_pidfd, SIGKILL);
-        else
-            kill(fs_pid, SIGKILL); /* not yet reaped: the pid is still ours */
-    }
+        mproc__pidfd_signal(fs_pidfd, SIGKILL); /* stuck: do not hang the caller */
     mproc__reap(fs_pid, fs_pidfd, 1, &code);
     if (fs_pidfd >= 0)
         close(fs_pidfd);
@@ -271,10 +271,12 @@ typedef struct {
 static child_t *children;
 static size_t n_children, cap_children;
 static int sigchld_pipe[2] = {-1, -1};
+static volatile sig_atomic_t told_to_leave;
 
-static void on_sigchld(int sig)
+static void on_signal(int sig)
 {
-    (void)sig;
+    if (sig == SIGTERM)
+        told_to_leave = 1;
     int saved = errno;
     ssize_t n = write(sigchld_pipe[1], "c", 1); /* full pipe: a wake-up is pending */
     (void)n;
@@ -466,9 +468,10 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigchld;
+    sa.sa_handler = on_signal;
     sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
     sigaction(SIGCHLD, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL); /* the client's stop: leave cleanly */
     /* A client's dead status reader must not kill us; Ctrl-C in the
      * terminal is for the client to handle, as Python's helper does. */
     signal(SIGPIPE, SIG_IGN);
@@ -498,6 +501,8 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
         }
         if (pfd[1].revents)
             reap_children();
+        if (told_to_leave)
+            break;
         if (!pfd[0].revents)
             continue;
         void *buf;
@@ -529,6 +534,8 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
         }
         free(buf);
     }
-    /* The client is gone. Children keep running; they are orphans now. */
+    /* The client is gone. Children that have exited are reaped (their
+     * status pipes then end); the others keep running as orphans. */
+    reap_children();
     _exit(0);
 }
