@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- client ---------------------------------------------------------------- */
@@ -41,6 +42,7 @@ static size_t fs_preload_len;
 static pthread_once_t fs_once = PTHREAD_ONCE_INIT;
 static uid_t fs_euid; /* the helper's credentials: the client's at its start */
 static gid_t fs_egid;
+static struct stat fs_cwd; /* the helper's working directory: ours at its start */
 
 /* A forked child is not the helper's client: drop its copies quietly (the
  * parent's connection is untouched, P1 applied to ourselves). */
@@ -127,6 +129,8 @@ static int fs_start_locked(void)
     fs_sock = sock;
     fs_euid = geteuid();
     fs_egid = getegid();
+    if (stat(".", &fs_cwd) < 0)
+        memset(&fs_cwd, 0, sizeof fs_cwd);
     return 0;
 }
 
@@ -194,7 +198,7 @@ static int fs_call_locked(const mproc__request_t *req, const int *fds, size_t nf
     rc = mproc__frame_send(fs_sock, buf, len, fds, nfds);
     free(buf);
     if (rc == 0)
-        rc = mproc__reply_recv(fs_sock, reply, rfds, 3, nr, MPROC_FOREVER);
+        rc = mproc__reply_recv(fs_sock, reply, rfds, 2, nr, MPROC_FOREVER);
     if (rc == -EMFILE)
         return rc; /* the line is fine: we could not take the reply's fds */
     if (rc < 0) {
@@ -209,23 +213,37 @@ int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, p
 {
     pthread_once(&fs_once, fs_install);
     pthread_mutex_lock(&fs_lock);
+    /* The child starts in our working directory, as under spawn (Python's
+     * forkserver does the same). Only when it differs from the helper's
+     * does a handle to it travel with the request. */
+    struct stat cwd;
+    int cwd_fd = -1;
+    int all[MPROC__MAX_FDS];
+    memcpy(all, fds, nfds * sizeof fds[0]);
+    if (stat(".", &cwd) == 0 && (cwd.st_dev != fs_cwd.st_dev || cwd.st_ino != fs_cwd.st_ino) &&
+        nfds < MPROC__MAX_FDS && (cwd_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+        all[nfds++] = cwd_fd;
+        req->flags |= MPROC__F_CWD;
+    }
     mproc__reply_t reply;
-    int rfds[3];
+    int rfds[2];
     size_t nr = 0;
-    /* -EMFILE: the fds (the go pipe among them) were dropped, so the child
-     * leaves without running its entry and the helper reaps it. */
-    int rc = fs_call_locked(req, fds, nfds, &reply, rfds, &nr);
+    int rc = fs_call_locked(req, all, nfds, &reply, rfds, &nr);
+    if (cwd_fd >= 0)
+        close(cwd_fd);
+    if (rc == -EMFILE && reply.err == 0 && reply.pid > 0) {
+        /* Forked, but we cannot hold it: it must not run on unwatched. */
+        mproc__request_t kill_req = {
+            .type = MPROC__REQ_SIGNAL, .exit_fd = -1, .pid = reply.pid, .sig = SIGKILL};
+        mproc__reply_t ignored;
+        int none[2];
+        size_t nnone = 0;
+        fs_call_locked(&kill_req, NULL, 0, &ignored, none, &nnone);
+    }
     pthread_mutex_unlock(&fs_lock);
     if (rc < 0)
         return rc;
-    if (reply.err == 0 && nr == 3 && reply.pid > 0) {
-        int wrc = mproc__write_full(rfds[2], "g", 1); /* the child may run now */
-        close(rfds[2]);
-        if (wrc < 0) {
-            close(rfds[0]);
-            close(rfds[1]);
-            return MPROC_EBOOTSTRAP; /* killed before it could start */
-        }
+    if (reply.err == 0 && nr == 2 && reply.pid > 0) {
         *pid = reply.pid;
         *status_fd = rfds[0];
         *life_fd = rfds[1];
@@ -249,7 +267,7 @@ int mproc__forkserver_signal(pid_t pid, int sig)
     int rc = -ESRCH; /* no helper: it cannot still own the child */
     if (fs_alive_locked()) {
         mproc__reply_t reply;
-        int rfds[3];
+        int rfds[2];
         size_t nr = 0;
         rc = fs_call_locked(&req, NULL, 0, &reply, rfds, &nr);
         for (size_t i = 0; i < nr; i++)
@@ -389,6 +407,30 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
     mproc__child_run(fn, req->arg, (size_t)req->arglen);
 }
 
+/* Clients start the same few entries over and over: remember the last. */
+static int resolve_cached(const mproc__entry_ref_t *ref, mproc_entry_fn *fn)
+{
+    static mproc__entry_ref_t last;
+    static char last_path[MPROC__MAX_PATH];
+    static mproc_entry_fn last_fn;
+    if (last_fn && ref->offset == last.offset && ref->is_main == last.is_main &&
+        ref->build_id_len == last.build_id_len &&
+        memcmp(ref->build_id, last.build_id, ref->build_id_len) == 0 && ref->dev == last.dev &&
+        ref->ino == last.ino && ref->mtime_ns == last.mtime_ns &&
+        strcmp(ref->path, last_path) == 0) {
+        *fn = last_fn;
+        return 0;
+    }
+    int rc = mproc__entry_resolve(ref, fn);
+    if (rc == 0 && strlen(ref->path) < sizeof last_path) {
+        last = *ref;
+        strcpy(last_path, ref->path);
+        last.path = last_path;
+        last_fn = *fn;
+    }
+    return rc;
+}
+
 static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t nfds)
 {
     mproc_entry_fn fn = NULL;
@@ -396,12 +438,9 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
     if (nfds != req->nfds + !!(req->flags & MPROC__F_CWD) || !(req->flags & MPROC__F_HAS_ENTRY))
         rc = MPROC_EPROTO;
     if (rc == 0)
-        rc = mproc__entry_resolve(&req->entry, &fn);
+        rc = resolve_cached(&req->entry, &fn);
     int sp[2] = {-1, -1}, ep[2] = {-1, -1}, gp[2] = {-1, -1};
-    /* The go line is a socketpair, not a pipe: the client writes to it with
-     * MSG_NOSIGNAL, so a child that died meanwhile is -EPIPE, not SIGPIPE. */
-    if (rc == 0 &&
-        (pipe2(sp, O_CLOEXEC) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, gp) < 0))
+    if (rc == 0 && (pipe2(sp, O_CLOEXEC) < 0 || pipe2(gp, O_CLOEXEC) < 0))
         rc = -errno;
     if (rc == 0 && !mproc__have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
         rc = -errno;
@@ -435,15 +474,19 @@ static void serve_fork(int sock, const mproc__request_t *req, int *fds, size_t n
     if (remember_child(pid, sp[1]) < 0)
         close(sp[1]); /* the client will see the status as lost */
     /* The client watches the child through a pidfd, or the exit pipe. */
-    /* The go pipe's write end goes to the client, which lets the child run
-     * once it holds everything: a client that cannot take the fds (its fd
-     * limit) never gets it, and the child leaves on EOF without running. */
-    int out[3] = {sp[0], ep[0] >= 0 ? ep[0] : mproc__pidfd_open(pid), gp[1]};
+    /* The child runs its entry only once the reply is on its way: if we
+     * die first or cannot send it, the go line ends and the child leaves
+     * without running. (Letting the client send the go would also cover a
+     * client that cannot take the fds, but costs a wake-up on every start:
+     * that rare case is handled by the client killing the child.) */
+    int out[2] = {sp[0], ep[0] >= 0 ? ep[0] : mproc__pidfd_open(pid)};
     rc = out[1] >= 0 ? 0 : out[1];
-    mproc__reply_send(sock, rc, pid, out, rc == 0 ? 3 : 1);
-    for (int i = 0; i < 3; i++)
-        if (out[i] >= 0)
-            close(out[i]);
+    if (mproc__reply_send(sock, rc, pid, out, rc == 0 ? 2 : 1) == 0 && rc == 0)
+        mproc__write_full(gp[1], "g", 1);
+    close(gp[1]);
+    close(out[0]);
+    if (out[1] >= 0)
+        close(out[1]);
 }
 
 static void serve_signal(int sock, const mproc__request_t *req)

@@ -363,7 +363,7 @@ static int start_forkserver(mproc_process_t *p)
         return rc;
     /* The child writes where the caller's stdio points now, not where it
      * pointed when the helper started: the same as under fork and spawn. */
-    int fds[MPROC__MAX_FDS + 1];
+    int fds[MPROC__MAX_FDS];
     uint32_t n = 0;
     for (int fd = 0; fd <= 2; fd++)
         if (fcntl(fd, F_GETFD) >= 0)
@@ -372,17 +372,8 @@ static int start_forkserver(mproc_process_t *p)
         if (p->fds[i] > 2)
             req.fds[n] = fds[n] = p->fds[i], n++;
     req.nfds = n;
-    /* And the working directory, as spawn inherits it (Python's forkserver
-     * does the same). Without one (deleted cwd) the helper's is kept. */
-    int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (cwd >= 0) {
-        fds[n++] = cwd;
-        req.flags |= MPROC__F_CWD;
-    }
     int life_fd;
     rc = mproc__forkserver_fork(&req, fds, n, &p->pid, &life_fd, &p->status_fd);
-    if (cwd >= 0)
-        close(cwd);
     if (rc == 0) {
         if (mproc__have_pidfd())
             p->pidfd = life_fd;
