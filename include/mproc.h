@@ -154,8 +154,10 @@ typedef int (*mproc_entry_fn)(const void *arg, size_t len);
 typedef struct mproc_process mproc_process_t;
 
 typedef struct {
-    const char *name;            /* NULL: "mproc-child"; copied; also the
-                                    child's comm name (first 15 bytes)      */
+    const char *name;            /* NULL: "mproc-child"; copied; a given
+                                    name also becomes the child's comm (its
+                                    first 15 bytes); unnamed children show
+                                    their program's name, as forked copies do */
     mproc_start_method_t method; /* MPROC_START_DEFAULT: the global default  */
     int daemon;                  /* non-zero: killed when the parent exits  */
 } mproc_process_opts_t;

@@ -64,6 +64,11 @@ void mproc_set_log(mproc_log_fn fn, void *ctx)
     atomic_store(&log_fn, fn);
 }
 
+int mproc__log_enabled(void)
+{
+    return atomic_load(&log_fn) != NULL;
+}
+
 void mproc__log(mproc_log_level_t level, const char *fmt, ...)
 {
     mproc_log_fn fn = atomic_load(&log_fn);

@@ -110,7 +110,7 @@ static int fs_start_locked(void)
     memset(&req, 0, sizeof req);
     req.type = MPROC__REQ_SERVER;
     req.exit_fd = -1;
-    req.name = "mproc-forksrv";
+    req.name = NULL;
     if (fs_preload) {
         int rc = mproc__entry_ref_of(fs_preload, &req.entry);
         if (rc < 0)
@@ -504,7 +504,10 @@ static void serve_signal(int sock, const mproc__request_t *req)
 
 _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
 {
-    mproc__child_set_name(boot->name);
+    /* The program's name, which unnamed children inherit (as forked ones
+     * do); the helper is told apart by its pid (mproc_forkserver_pid). */
+    (void)boot;
+    mproc__child_set_name(mproc__program_name());
     if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         mproc__reply_send(sock, -errno, 0, NULL, 0);
         mproc__child_fail(-errno);

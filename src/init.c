@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -48,6 +49,8 @@ int mproc_init(int *argc, char ***argv)
     close(sock);
     if (rc < 0)
         mproc__child_fail(rc);
-    mproc__child_set_name(req.name);
+    /* Named: that name; else the program's, as a forked copy has it (the
+     * exec through /proc/self/exe would otherwise show "exe"). */
+    mproc__child_set_name(req.name ? req.name : mproc__program_name());
     mproc__child_run(fn, req.arg, (size_t)req.arglen);
 }

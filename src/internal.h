@@ -25,6 +25,7 @@
 #define MPROC__ARG_MAX MPROC_ARG_MAX /* bytes of an entry argument         */
 
 /* ---- errors.c ----------------------------------------------------------- */
+int mproc__log_enabled(void); /* a hook is installed */
 void mproc__log(mproc_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -317,6 +317,15 @@ void mproc__reset_signals(void)
     pthread_sigmask(SIG_SETMASK, &none, NULL);
 }
 
+const char *mproc__program_name(void)
+{
+#ifdef __GLIBC__
+    return program_invocation_short_name;
+#else
+    return getprogname(); /* the BSDs and macOS */
+#endif
+}
+
 const char *mproc__self_exe(void)
 {
     return "/proc/self/exe";

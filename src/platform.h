@@ -64,6 +64,9 @@ int mproc__close_fds_except(int *keep, size_t n);
 /* Child side of every start method: all signals to SIG_DFL, none blocked. */
 void mproc__reset_signals(void);
 
+/* This program's short name (argv[0] without its directory). */
+const char *mproc__program_name(void);
+
 /* Path that re-executes this very program (spawn). */
 const char *mproc__self_exe(void);
 

@@ -36,6 +36,7 @@ struct mproc_process {
     char *name;
     mproc_start_method_t method; /* resolved at start */
     int daemon;
+    int named; /* a name was given: the child's comm is set to it */
     int fds[MPROC_PASS_FDS_MAX];
     size_t nfds;
 
@@ -216,6 +217,7 @@ int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void
     p->len = len;
     p->method = (mproc_start_method_t)method;
     p->daemon = opts ? opts->daemon != 0 : 0;
+    p->named = opts && opts->name;
     p->pidfd = p->exit_pipe = p->status_fd = -1;
     *out = p;
     return 0;
@@ -247,11 +249,15 @@ out:
 
 static int start_fork(mproc_process_t *p)
 {
-    /* A count we cannot take (no /proc) counts as "maybe threaded": REFUSE
+    /* Counting threads costs a /proc lookup (~9 us here): only pay it when
+     * the answer matters, under REFUSE or a WARN that someone will read. A
+     * count we cannot take (no /proc) counts as "maybe threaded": REFUSE
      * must not let a fork through on a guess. */
-    int threads = mproc__thread_count();
+    int policy = atomic_load(&fork_policy);
+    int threads = policy == MPROC_FORK_REFUSE || (policy == MPROC_FORK_WARN && mproc__log_enabled())
+                      ? mproc__thread_count()
+                      : 1;
     if (threads != 1) {
-        int policy = atomic_load(&fork_policy);
         if (policy == MPROC_FORK_REFUSE)
             return MPROC_ETHREADS;
         if (policy == MPROC_FORK_WARN && threads > 1)
@@ -283,7 +289,8 @@ static int start_fork(mproc_process_t *p)
             close(ep[0]);
             mproc__child_adopt_exit_fd(ep[1]);
         }
-        mproc__child_set_name(p->name);
+        if (p->named)
+            mproc__child_set_name(p->name);
         mproc__child_run(p->entry, p->arg, p->len);
     }
     int err = pid < 0 ? -errno : 0;
@@ -318,7 +325,10 @@ static void fill_request(mproc_process_t *p, mproc__request_t *req, uint32_t typ
     req->type = type;
     req->flags = MPROC__F_HAS_ENTRY | (p->daemon ? MPROC__F_DAEMON : 0);
     req->exit_fd = -1;
-    req->name = p->name;
+    /* Unnamed children keep their program's name (naming costs a forked
+     * child a few microseconds); init.c gives a spawned one that name back
+     * (exec through /proc/self/exe would show "exe"). */
+    req->name = p->named ? p->name : NULL;
     req->nfds = (uint32_t)p->nfds;
     for (size_t i = 0; i < p->nfds; i++)
         req->fds[i] = p->fds[i];
