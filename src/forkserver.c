@@ -289,6 +289,9 @@ typedef struct {
 static child_t *children;
 static size_t n_children, cap_children;
 static int sigchld_pipe[2] = {-1, -1};
+/* Signals not at their default in the helper, taken once after preload:
+ * its children reset just these, not all 64 (spawn reset the rest). */
+static sigset_t helper_signals;
 static volatile sig_atomic_t told_to_leave;
 
 static void on_signal(int sig)
@@ -400,7 +403,7 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
     if (n != 1)
         mproc__child_fail(MPROC_ESERVER);
     close(go_fd);
-    mproc__reset_signals();
+    mproc__reset_signals_in(&helper_signals);
     if ((req->flags & MPROC__F_DAEMON) && mproc__child_bind_to_parent(server) < 0)
         mproc__child_fail(-ESRCH);
     mproc__child_set_name(req->name);
@@ -535,6 +538,7 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
     }
     /* Whatever preload left in stdio buffers must not reach every child. */
     fflush(NULL);
+    mproc__nondefault_signals(&helper_signals);
     mproc__reply_send(sock, 0, getpid(), NULL, 0);
 
     for (;;) {

@@ -301,20 +301,37 @@ int mproc__close_fds_except(int *keep, size_t n)
     return close_fds_walk(keep, n);
 }
 
-void mproc__reset_signals(void)
+void mproc__reset_signals_in(const sigset_t *which)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = SIG_DFL;
     sigemptyset(&sa.sa_mask);
     for (int sig = 1; sig < NSIG; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP)
+        if (sig == SIGKILL || sig == SIGSTOP || (which && !sigismember(which, sig)))
             continue;
         sigaction(sig, &sa, NULL); /* EINVAL for the libc-reserved ones */
     }
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
+
+void mproc__reset_signals(void)
+{
+    mproc__reset_signals_in(NULL);
+}
+
+void mproc__nondefault_signals(sigset_t *out)
+{
+    sigemptyset(out);
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction old;
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &old) < 0)
+            continue;
+        if (old.sa_handler != SIG_DFL)
+            sigaddset(out, sig);
+    }
 }
 
 const char *mproc__program_name(void)
