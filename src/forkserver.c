@@ -410,25 +410,28 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
     mproc__child_run(fn, req->arg, (size_t)req->arglen);
 }
 
-/* Clients start the same few entries over and over: remember the last. */
+/* Clients start the same few entries over and over: remember the last.
+ * (The path is kept on the heap: a 4 KiB buffer in .bss would spread the
+ * library's globals over one more page, one more copy-on-write fault in
+ * every forked child.) */
 static int resolve_cached(const mproc__entry_ref_t *ref, mproc_entry_fn *fn)
 {
     static mproc__entry_ref_t last;
-    static char last_path[MPROC__MAX_PATH];
     static mproc_entry_fn last_fn;
     if (last_fn && ref->offset == last.offset && ref->is_main == last.is_main &&
         ref->build_id_len == last.build_id_len &&
         memcmp(ref->build_id, last.build_id, ref->build_id_len) == 0 && ref->dev == last.dev &&
         ref->ino == last.ino && ref->mtime_ns == last.mtime_ns &&
-        strcmp(ref->path, last_path) == 0) {
+        strcmp(ref->path, last.path) == 0) {
         *fn = last_fn;
         return 0;
     }
     int rc = mproc__entry_resolve(ref, fn);
-    if (rc == 0 && strlen(ref->path) < sizeof last_path) {
+    char *path = rc == 0 ? strdup(ref->path) : NULL;
+    if (path) {
+        free((char *)last.path);
         last = *ref;
-        strcpy(last_path, ref->path);
-        last.path = last_path;
+        last.path = path;
         last_fn = *fn;
     }
     return rc;
