@@ -301,6 +301,90 @@ int mproc_forkserver_stop(void);
 /* The helper's pid, or 0 when it is not running. */
 pid_t mproc_forkserver_pid(void);
 
+/* ------------------------------------------------------------------------ */
+/* Fork safety: at-fork registry, guards, per-process init (P1, P5, P6)      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Everything in this section works for children made by mproc and by a raw
+ * fork() the program or a library calls (glibc runs mproc's at-fork
+ * handlers for both; a raw clone() or vfork() is not covered). mproc also
+ * flushes stdio before every fork, so no child repeats the parent's
+ * buffered output (P13).
+ */
+
+typedef void (*mproc_atfork_fn)(void *ctx);
+typedef struct mproc_atfork mproc_atfork_t;
+
+/*
+ * Register callbacks around every fork of this process; any may be NULL.
+ * prepare runs in the forking thread before the fork, in reverse
+ * registration order; parent and child run after it, in registration order
+ * (as pthread_atfork, but with a context and an unregister). Callbacks must
+ * not register, unregister or fork (MPROC_ESTATE). *out receives a handle.
+ */
+int mproc_atfork_register(mproc_atfork_fn prepare, mproc_atfork_fn parent, mproc_atfork_fn child,
+                          void *ctx, mproc_atfork_t **out);
+/* Remove and free a registration. NULL is a no-op. */
+int mproc_atfork_unregister(mproc_atfork_t *handle);
+
+/* 0 in a process started fresh (the program, or a spawned child); one more
+ * in each child of a fork than in its parent. */
+uint64_t mproc_fork_generation(void);
+
+/*
+ * A guard records which process owns a resource (a socket, a client
+ * handle). Zero-initialise it (MPROC_GUARD_INIT): it is then owned by no
+ * process. mproc_guard_claim marks it as this process's; it is inherited
+ * when checked in any other process (a fork child, however made).
+ */
+typedef struct {
+    pid_t owner; /* private: use the functions below */
+} mproc_guard_t;
+#define MPROC_GUARD_INIT                                                                           \
+    {                                                                                              \
+        0                                                                                          \
+    }
+
+void mproc_guard_claim(mproc_guard_t *g);
+/* 1 if g is not this process's (inherited, or never claimed), else 0. A
+ * few nanoseconds: no system call. */
+int mproc_guard_inherited(const mproc_guard_t *g);
+
+/*
+ * The redis-py _checkpid pattern. If g is this process's, returns 0 at
+ * once. Otherwise, under a process-wide lock (so racing threads of a child
+ * rebuild once, not twice), calls rebuild(ctx) if g is still not ours: it
+ * must drop the inherited resource without touching its peer (close the
+ * fd; never send QUIT or a TLS close_notify) and make or plan a fresh
+ * one. On success (rebuild returns 0) g becomes this process's and the
+ * call returns 1; a negative result from rebuild is returned as is and g
+ * stays unowned, so the next call retries.
+ */
+typedef int (*mproc_guard_fn)(void *ctx);
+int mproc_guard_ensure(mproc_guard_t *g, mproc_guard_fn rebuild, void *ctx);
+
+/* Per-process lazy initialisation: init(ctx) runs once in each process
+ * that calls mproc_once on o (a zero-initialised MPROC_ONCE_INIT). */
+typedef mproc_guard_t mproc_once_t;
+#define MPROC_ONCE_INIT MPROC_GUARD_INIT
+int mproc_once(mproc_once_t *o, mproc_guard_fn init, void *ctx);
+
+/*
+ * For code that forks by hand: close every fd >= 3 except keep[0..n)
+ * (close_range where the kernel has it). n up to 1024, -EINVAL beyond.
+ */
+int mproc_close_fds_except(const int *keep, size_t n);
+
+/*
+ * Child exit hooks (P6): fn(ctx) runs when this process, a child started by
+ * mproc under any method, returns from its entry, before it leaves with
+ * _exit: the place to stop and join the threads it started. Hooks run in
+ * reverse registration order; a fork child does not inherit its parent's.
+ * At most 32 per process (-ENOMEM beyond).
+ */
+int mproc_on_child_exit(mproc_atfork_fn fn, void *ctx);
+
 #ifdef __cplusplus
 }
 #endif

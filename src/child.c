@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -59,6 +60,46 @@ void mproc__child_adopt_exit_fd(int fd)
         mproc__set_cloexec(fd, 1); /* and not in whatever we exec */
 }
 
+/* Hooks registered in this process with mproc_on_child_exit. */
+#define MAX_EXIT_HOOKS 32
+static struct {
+    mproc_atfork_fn fn;
+    void *ctx;
+} exit_hooks[MAX_EXIT_HOOKS];
+static int n_exit_hooks;
+static pthread_mutex_t exit_hooks_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t exit_hooks_once = PTHREAD_ONCE_INIT;
+
+/* A fork child does not inherit its parent's hooks: they were registered
+ * for the parent's own exit. */
+static void exit_hooks_after_fork(void)
+{
+    pthread_mutex_init(&exit_hooks_lock, NULL);
+    n_exit_hooks = 0;
+}
+
+static void exit_hooks_install(void)
+{
+    mproc__atfork_child(exit_hooks_after_fork);
+}
+
+int mproc_on_child_exit(mproc_atfork_fn fn, void *ctx)
+{
+    if (!fn)
+        return -EINVAL;
+    pthread_once(&exit_hooks_once, exit_hooks_install);
+    pthread_mutex_lock(&exit_hooks_lock);
+    int rc = -ENOMEM;
+    if (n_exit_hooks < MAX_EXIT_HOOKS) {
+        exit_hooks[n_exit_hooks].fn = fn;
+        exit_hooks[n_exit_hooks].ctx = ctx;
+        n_exit_hooks++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&exit_hooks_lock);
+    return rc;
+}
+
 /* What a child runs after its entry, before _exit: set by higher layers
  * (the process registry joins the child's own children, as at exit()). */
 static void (*exit_hook)(void);
@@ -80,6 +121,13 @@ _Noreturn void mproc__child_run(mproc_entry_fn fn, const void *arg, size_t len)
         arg = copy;
     }
     int rc = fn(len ? arg : NULL, len);
+    /* The child's own hooks first (they may stop threads that still use
+     * its children), newest first, as atexit runs. */
+    pthread_mutex_lock(&exit_hooks_lock);
+    int n = n_exit_hooks;
+    pthread_mutex_unlock(&exit_hooks_lock);
+    while (n-- > 0)
+        exit_hooks[n].fn(exit_hooks[n].ctx);
     if (exit_hook)
         exit_hook();
     /* The child's own buffered output is real output: flush it, then skip

@@ -30,9 +30,8 @@ void mproc__log(mproc_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* ---- atfork.c ----------------------------------------------------------- */
-/* Bumped in every child of a fork (mproc's own or a raw fork()). */
-uint64_t mproc__fork_generation(void);
-/* Run fn in the child of every fork, in registration order (at most 16). */
+/* Run fn in the child of every fork (mproc's or a raw fork()), before the
+ * user's child callbacks, in registration order (at most 16). */
 int mproc__atfork_child(void (*fn)(void));
 
 /* ---- request.c: what crosses to a child, and how it is framed ---------- */

@@ -272,8 +272,7 @@ static int start_fork(mproc_process_t *p)
     if (!mproc__have_pidfd() && pipe2(ep, O_CLOEXEC) < 0)
         return -errno;
 
-    /* P13: what stdio holds now would otherwise be written by both. */
-    fflush(NULL);
+    /* (stdio is flushed by mproc's at-fork prepare handler, P13.) */
     /* Block everything across fork: the child must not run the parent's
      * handlers before it has reset them. */
     sigset_t all, old;
