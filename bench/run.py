@@ -69,13 +69,15 @@ class Target:
 
     value(results) gives the measured ratio (None when a figure it needs
     did not run); the target passes when it is <= limit (at_least False) or
-    >= limit (at_least True).
+    >= limit (at_least True). unit is how the value is shown: "×" for a
+    ratio, or a figure's unit for an absolute limit (see absolute()).
     """
 
     label: str
     value: Callable[[Results], Optional[float]]
     limit: float
     at_least: bool = False
+    unit: str = "×"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,16 @@ def cost_ratio(key_a: str, impl_a: str, key_b: str, impl_b: str):
             return None
         fig = figures_by_key()[key_a]
         return a / b if fig.lower_is_better else b / a
+
+    return value
+
+
+def absolute(key: str, impl: str):
+    """The measured value itself, in the figure's unit: for a target that is
+    a limit on the time, not a ratio."""
+
+    def value(results: Results) -> Optional[float]:
+        return results.get(key, {}).get(impl)
 
     return value
 
@@ -186,8 +198,37 @@ def start_figures() -> List[Figure]:
     ]
 
 
+# ---- guard check ------------------------------------------------------------
+
+# Calls per program run (full, quick). The mproc check takes a few ns, so it
+# needs many calls for a batch to dwarf clock_gettime; getpid (a system call)
+# and Python take tens to hundreds of ns.
+GUARD_ITERATIONS = {
+    "mproc": (10_000_000, 2_000_000),
+    "python": (1_000_000, 300_000),
+    "raw": (1_000_000, 300_000),
+}
+
+
+def guard_figures() -> List[Figure]:
+    n = GUARD_ITERATIONS
+    bench = "{bench_bin}/bench_guard"
+    return [
+        Figure(
+            key="guard.check",
+            title="guard check",
+            mproc=Command((bench, "mproc-inherited", "{n}"), *n["mproc"]),
+            python=Command(("{python}", "{bench_src}/py_guard.py", "{n}"), *n["python"]),
+            raw=Command((bench, "raw-getpid", "{n}"), *n["raw"]),
+            targets=(Target("mproc < 5 ns", absolute("guard.check", "mproc"), 5.0, unit="ns"),),
+            metric="median_ns",
+            unit="ns",
+        ),
+    ]
+
+
 # Every figure, in table order. Later figures (lock, queue, pool) go here.
-FIGURES: List[Figure] = start_figures()
+FIGURES: List[Figure] = start_figures() + guard_figures()
 
 
 # --------------------------------------------------------------------------
@@ -311,7 +352,8 @@ def fmt_target(t: Target, results: Results) -> str:
     if v is None:
         return f"{t.label}: n/a"
     ok = v >= t.limit if t.at_least else v <= t.limit
-    return f"{t.label}: {'PASS' if ok else 'MISS'} ({fmt_ratio(v)})"
+    shown = fmt_ratio(v) if t.unit == "×" else f"{fmt_value(v)} {t.unit}"
+    return f"{t.label}: {'PASS' if ok else 'MISS'} ({shown})"
 
 
 def build_rows(
