@@ -31,7 +31,7 @@
 /* ctest runs tests from the build directory. */
 #define EXAMPLE_PATH "examples/redis_guarded"
 #define EXAMPLE_CHILDREN "8"
-#define EXAMPLE_INCRS "2000"
+#define EXAMPLE_INCRS "10000"
 #define READY_TIMEOUT_MS 10000
 #define EXAMPLE_TIMEOUT_MS 90000
 
