@@ -34,6 +34,7 @@
  */
 #define _DEFAULT_SOURCE /* syscall() */
 
+#include "bench_util.h"
 #include "mproc.h"
 
 #include <errno.h>
@@ -48,37 +49,8 @@
 /* Timed batches, at most: each sample is one batch's per-call time. */
 #define MAX_BATCHES 100
 
-static const char *prog = "bench_guard";
-
 /* Where each batch's accumulated results go: the calls must have an effect. */
 static volatile unsigned long sink;
-
-/* ------------------------------------------------------------------------ */
-/* Errors                                                                   */
-/* ------------------------------------------------------------------------ */
-
-static _Noreturn void die(const char *what, const char *why)
-{
-    fprintf(stderr, "%s: %s: %s\n", prog, what, why);
-    exit(1);
-}
-
-static _Noreturn void die_errno(const char *what)
-{
-    die(what, strerror(errno));
-}
-
-static _Noreturn void die_mproc(const char *what, int code)
-{
-    die(what, mproc_strerror(code));
-}
-
-static void log_to_stderr(void *ctx, mproc_log_level_t level, const char *msg)
-{
-    (void)ctx;
-    (void)level;
-    fprintf(stderr, "%s: mproc: %s\n", prog, msg);
-}
 
 /* ------------------------------------------------------------------------ */
 /* The modes: each runs `calls` checks and returns the sum of their results  */
@@ -142,59 +114,10 @@ static const check_mode_t *find_mode(const char *name)
     return NULL;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Measuring                                                                */
-/* ------------------------------------------------------------------------ */
-
-static double now_ns(void)
-{
-    struct timespec ts;
-
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
-        die_errno("clock_gettime");
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* The q-quantile of sorted[0..n), interpolated linearly between ranks. */
-static double quantile(const double *sorted, size_t n, double q)
-{
-    double pos = q * (double)(n - 1);
-    size_t lo = (size_t)pos;
-    double frac = pos - (double)lo;
-
-    if (lo + 1 >= n)
-        return sorted[n - 1];
-    return sorted[lo] + frac * (sorted[lo + 1] - sorted[lo]);
-}
-
-static long parse_positive(const char *what, const char *s, long max)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v <= 0 || v > max) {
-        char why[64];
-        snprintf(why, sizeof why, "'%s' is not an integer in 1..%ld", s, max);
-        die(what, why);
-    }
-    return v;
-}
-
 static _Noreturn void usage(void)
 {
-    fprintf(stderr, "usage: %s <mode> <iterations>\nmodes:", prog);
-    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
-        fprintf(stderr, " %s", modes[i].name);
-    fputc('\n', stderr);
-    exit(1);
+    usage_names("<mode> <iterations>", "modes", modes, sizeof modes / sizeof modes[0],
+                sizeof modes[0]);
 }
 
 int main(int argc, char **argv)
@@ -205,13 +128,14 @@ int main(int argc, char **argv)
     unsigned long failed = 0;
     int rc;
 
+    bench_prog = "bench_guard";
     rc = mproc_init(&argc, &argv);
     if (rc < 0)
         die_mproc("mproc_init", rc);
     mproc_set_log(log_to_stderr, NULL);
 
     if (argc > 0 && argv[0] != NULL)
-        prog = argv[0];
+        bench_prog = argv[0];
     if (argc != 3)
         usage();
     mode = find_mode(argv[1]);
@@ -248,11 +172,6 @@ int main(int argc, char **argv)
         die(mode->name, why);
     }
 
-    qsort(samples, (size_t)nbatch, sizeof *samples, cmp_double);
-    printf("median_ns=%.3f p10_ns=%.3f p90_ns=%.3f n=%ld\n", quantile(samples, (size_t)nbatch, 0.5),
-           quantile(samples, (size_t)nbatch, 0.1), quantile(samples, (size_t)nbatch, 0.9),
-           iterations);
-    if (fflush(stdout) != 0)
-        die_errno("stdout");
+    print_quantiles("ns", samples, (size_t)nbatch, iterations);
     return 0;
 }

@@ -29,6 +29,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include "bench_util.h"
 #include "mproc.h"
 
 #include <errno.h>
@@ -53,34 +54,9 @@ extern char **environ;
 /* Untimed iterations before measuring: caches, lazy binding, the helper. */
 #define WARMUP_ITERATIONS 3
 
-static const char *prog = "bench_start";
-
 /* ------------------------------------------------------------------------ */
-/* Errors                                                                   */
+/* Children                                                                 */
 /* ------------------------------------------------------------------------ */
-
-static _Noreturn void die(const char *what, const char *why)
-{
-    fprintf(stderr, "%s: %s: %s\n", prog, what, why);
-    exit(1);
-}
-
-static _Noreturn void die_errno(const char *what)
-{
-    die(what, strerror(errno));
-}
-
-static _Noreturn void die_mproc(const char *what, int code)
-{
-    die(what, mproc_strerror(code));
-}
-
-static void log_to_stderr(void *ctx, mproc_log_level_t level, const char *msg)
-{
-    (void)ctx;
-    (void)level;
-    fprintf(stderr, "%s: mproc: %s\n", prog, msg);
-}
 
 /* A child's wait status must say "exited with 0". */
 static void check_status(const char *what, int status)
@@ -194,7 +170,7 @@ static void raw_fork_once(void)
 
 static void raw_spawn_once(void)
 {
-    char *child_argv[] = {(char *)prog, RAW_EXIT_ARG, NULL};
+    char *child_argv[] = {(char *)bench_prog, RAW_EXIT_ARG, NULL};
     pid_t pid;
     int rc;
 
@@ -377,55 +353,10 @@ static void grow_parent(long mib)
     ballast = p;
 }
 
-static double now_us(void)
-{
-    struct timespec ts;
-
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
-        die_errno("clock_gettime");
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* The q-quantile of sorted[0..n), interpolated linearly between ranks. */
-static double quantile(const double *sorted, size_t n, double q)
-{
-    double pos = q * (double)(n - 1);
-    size_t lo = (size_t)pos;
-    double frac = pos - (double)lo;
-
-    if (lo + 1 >= n)
-        return sorted[n - 1];
-    return sorted[lo] + frac * (sorted[lo + 1] - sorted[lo]);
-}
-
-static long parse_positive(const char *what, const char *s, long max)
-{
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v <= 0 || v > max) {
-        char why[64];
-        snprintf(why, sizeof why, "'%s' is not an integer in 1..%ld", s, max);
-        die(what, why);
-    }
-    return v;
-}
-
 static _Noreturn void usage(void)
 {
-    fprintf(stderr, "usage: %s <method> <iterations> [--rss-mib N]\nmethods:", prog);
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
-        fprintf(stderr, " %s", methods[i].name);
-    fputc('\n', stderr);
-    exit(1);
+    usage_names("<method> <iterations> [--rss-mib N]", "methods", methods,
+                sizeof methods / sizeof methods[0], sizeof methods[0]);
 }
 
 int main(int argc, char **argv)
@@ -439,6 +370,8 @@ int main(int argc, char **argv)
     if (argc == 2 && strcmp(argv[1], RAW_EXIT_ARG) == 0)
         _exit(0);
 
+    bench_prog = "bench_start";
+
     /* A spawn or forkserver child of mproc takes over here. */
     rc = mproc_init(&argc, &argv);
     if (rc < 0)
@@ -446,7 +379,7 @@ int main(int argc, char **argv)
     mproc_set_log(log_to_stderr, NULL);
 
     if (argc > 0 && argv[0] != NULL)
-        prog = argv[0];
+        bench_prog = argv[0];
     if (argc != 3 && argc != 5)
         usage();
     method = find_method(argv[1]);
@@ -479,12 +412,7 @@ int main(int argc, char **argv)
     if (method->teardown != NULL)
         method->teardown();
 
-    qsort(samples, (size_t)iterations, sizeof *samples, cmp_double);
-    printf("median_us=%.3f p10_us=%.3f p90_us=%.3f n=%ld\n",
-           quantile(samples, (size_t)iterations, 0.5), quantile(samples, (size_t)iterations, 0.1),
-           quantile(samples, (size_t)iterations, 0.9), iterations);
-    if (fflush(stdout) != 0)
-        die_errno("stdout");
+    print_quantiles("us", samples, (size_t)iterations, iterations);
     free(samples);
     return 0;
 }

@@ -22,10 +22,16 @@ Any error is printed to stderr and ends the program with status 1.
 Standard library only.
 """
 
-import argparse
 import os
 import sys
 import time
+
+# Run as `python3 bench/<script>` from any cwd: find py_util next to it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from py_util import ArgumentParser, positive_int, print_quantiles  # noqa: E402
 
 # Timed batches, at most, as in bench_guard.c.
 MAX_BATCHES = 100
@@ -52,30 +58,6 @@ def batch(client, calls):
     return (time.perf_counter_ns() - t0) / calls
 
 
-def quantile(sorted_vals, q):
-    """The q-quantile, interpolated linearly between ranks (as bench_guard)."""
-    pos = q * (len(sorted_vals) - 1)
-    lo = int(pos)
-    if lo + 1 >= len(sorted_vals):
-        return sorted_vals[-1]
-    frac = pos - lo
-    return sorted_vals[lo] + frac * (sorted_vals[lo + 1] - sorted_vals[lo])
-
-
-def positive_int(s):
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a positive integer")
-    return v
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # status 1 like every other error, not 2
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(1)
-
-
 def main():
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("iterations", type=positive_int)
@@ -92,11 +74,7 @@ def main():
     )
     if client.resets:
         raise RuntimeError(f"_checkpid reset {client.resets} times without a fork")
-    print(
-        f"median_ns={quantile(samples, 0.5):.3f} p10_ns={quantile(samples, 0.1):.3f} "
-        f"p90_ns={quantile(samples, 0.9):.3f} n={args.iterations}",
-        flush=True,
-    )
+    print_quantiles("ns", samples, args.iterations)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,18 @@ Any error is printed to stderr and ends the program with status 1.
 Standard library only.
 """
 
-import argparse
 import mmap
 import multiprocessing
+import os
 import sys
 import time
+
+# Run as `python3 bench/<script>` from any cwd: find py_util next to it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from py_util import ArgumentParser, positive_int, print_quantiles  # noqa: E402
 
 # Untimed iterations before measuring, as in bench_start.c.
 WARMUP_ITERATIONS = 3
@@ -47,30 +54,6 @@ def grow_parent(mib):
     return ballast
 
 
-def quantile(sorted_vals, q):
-    """The q-quantile, interpolated linearly between ranks (as bench_start)."""
-    pos = q * (len(sorted_vals) - 1)
-    lo = int(pos)
-    if lo + 1 >= len(sorted_vals):
-        return sorted_vals[-1]
-    frac = pos - lo
-    return sorted_vals[lo] + frac * (sorted_vals[lo + 1] - sorted_vals[lo])
-
-
-def positive_int(s):
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a positive integer")
-    return v
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # status 1 like every other error, not 2
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(1)
-
-
 def main():
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("method", choices=["fork", "spawn", "forkserver"])
@@ -97,11 +80,7 @@ def main():
 
     del ballast
     samples.sort()
-    print(
-        f"median_us={quantile(samples, 0.5):.3f} p10_us={quantile(samples, 0.1):.3f} "
-        f"p90_us={quantile(samples, 0.9):.3f} n={args.iterations}",
-        flush=True,
-    )
+    print_quantiles("us", samples, args.iterations)
 
 
 if __name__ == "__main__":
