@@ -23,7 +23,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -512,7 +511,6 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
 {
     /* The program's name, which unnamed children inherit (as forked ones
      * do); the helper is told apart by its pid (mproc_forkserver_pid). */
-    (void)boot;
     mproc__child_set_name(mproc__program_name());
     if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         mproc__reply_send(sock, -errno, 0, NULL, 0);
@@ -539,8 +537,8 @@ _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *boot)
             mproc__child_fail(rc);
         }
     }
-    /* Whatever preload left in stdio buffers must not reach every child. */
-    fflush(NULL);
+    /* (What preload leaves in stdio buffers is flushed by the at-fork
+     * prepare handler before each fork, so no child repeats it.) */
     mproc__nondefault_signals(&helper_signals);
     mproc__reply_send(sock, 0, getpid(), NULL, 0);
 
