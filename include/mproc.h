@@ -49,7 +49,9 @@ enum {
     MPROC_ESERVER = -10005,    /* forkserver died or cannot be reached     */
     MPROC_EPROTO = -10006,     /* malformed message from another process   */
     MPROC_ESTATUS = -10007,    /* child exited but its status was lost     */
-    MPROC_ENOINIT = -10008     /* spawned child's main skipped mproc_init  */
+    MPROC_ENOINIT = -10008,    /* spawned child's main skipped mproc_init  */
+    MPROC_EBROKEN = -10009,    /* barrier broken (timeout, abort, death)   */
+    MPROC_ETYPE = -10010       /* shared object is not of the type asked   */
 };
 
 /*
@@ -199,6 +201,14 @@ int mproc_process_create(mproc_process_t **out, mproc_entry_fn entry, const void
  * is not open, MPROC_ESTATE after start.
  */
 int mproc_process_pass_fd(mproc_process_t *p, int fd);
+
+struct mproc_shm;
+/*
+ * Hand a shared memory segment to the child (its fd, at the same number):
+ * the child then calls mproc_shm_attach with a mproc_shm_ref_t it was
+ * given in its argument. Same rules as mproc_process_pass_fd.
+ */
+int mproc_process_pass_shm(mproc_process_t *p, const struct mproc_shm *shm);
 
 /*
  * Start the child. Honest: when it returns 0 the child is running its entry
@@ -384,6 +394,287 @@ int mproc_close_fds_except(const int *keep, size_t n);
  * At most 32 per process (-ENOMEM beyond).
  */
 int mproc_on_child_exit(mproc_atfork_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------ */
+/* Shared memory (docs/shm.md)                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A segment is a mapping of shared memory holding an arena: sync objects,
+ * typed arrays and raw blocks are allocated in it, by name or not, so one
+ * segment hands many objects to a child at once.
+ *
+ *  - Anonymous segments (a memfd) reach children only: inherited under
+ *    fork, handed over with mproc_process_pass_shm under spawn and
+ *    forkserver. The kernel frees them with their last user.
+ *  - Named segments live in /dev/shm as "mproc-<name>", created 0600 and
+ *    exclusively (-EEXIST if the name is taken). An unrelated process of
+ *    the same user opens them by name. A NULL name gives an unpredictable
+ *    one (96 random bits); chosen names are for rendezvous between
+ *    processes that cannot be told a name. The resource tracker unlinks a
+ *    named segment once every process using it has died without unlinking
+ *    it (docs/tracker.md); call mproc_shm_unlink when done with it.
+ *
+ * A mproc_shm_t is this process's handle: its mapping and its fd, which
+ * must stay open while the segment is in use (its lock is how the tracker
+ * and `mproc clean` know the segment is in use). Objects inside hold no
+ * pointers, only offsets, so a segment can be mapped at a different address
+ * in every process. Handles may be used from several threads; close must
+ * not race with other calls on the same handle. Do not close a segment
+ * while this process holds a lock that lives in it.
+ */
+
+typedef struct mproc_shm mproc_shm_t;
+
+/* Longest name of a segment or of an object in an arena, in bytes. Names
+ * are made of [A-Za-z0-9._-] and do not start with '.'. */
+#define MPROC_NAME_MAX 63
+
+/* Bytes of arena bookkeeping per object (round an arena size up by it). */
+#define MPROC_SHM_OBJECT_OVERHEAD 128
+
+/* size: bytes of arena wanted (objects plus MPROC_SHM_OBJECT_OVERHEAD
+ * each); a page more is mapped for the header. -EINVAL for 0. */
+int mproc_shm_create(mproc_shm_t **out, size_t size);
+/* name NULL: generate one (read it with mproc_shm_name). */
+int mproc_shm_create_named(mproc_shm_t **out, size_t size, const char *name);
+/*
+ * Open a named segment. -ENOENT if there is none; MPROC_ETYPE if the file
+ * is not a mproc segment (or of another version); -EPERM if another user
+ * owns it.
+ */
+int mproc_shm_open(mproc_shm_t **out, const char *name);
+
+/*
+ * A reference to a segment that can cross to a child: put it in the
+ * child's argument, pass the segment with mproc_process_pass_shm, and call
+ * mproc_shm_attach in the child. Under fork the child gets the mapping the
+ * parent has (same address); under spawn and forkserver a new mapping of
+ * the same memory.
+ */
+typedef struct {
+    uint32_t magic;
+    int32_t fd;
+    uint8_t id[16];
+} mproc_shm_ref_t;
+
+int mproc_shm_ref(const mproc_shm_t *shm, mproc_shm_ref_t *ref);
+/* -EBADF if the fd was not passed, MPROC_ETYPE if it is another segment. */
+int mproc_shm_attach(mproc_shm_t **out, const mproc_shm_ref_t *ref);
+
+/* The name given or generated (NULL for an anonymous segment). */
+const char *mproc_shm_name(const mproc_shm_t *shm);
+/* The arena's size in bytes (what was asked, rounded up). */
+size_t mproc_shm_size(const mproc_shm_t *shm);
+/* The segment's fd (for mproc_process_pass_fd and the like). */
+int mproc_shm_fd(const mproc_shm_t *shm);
+
+/* Remove the name: mappings stay valid, new opens fail. -ENOENT if already
+ * gone, -EINVAL for an anonymous segment. */
+int mproc_shm_unlink(mproc_shm_t *shm);
+/* Unmap and release this handle (NULL is a no-op). Objects in the segment
+ * are invalid in this process afterwards. */
+int mproc_shm_close(mproc_shm_t *shm);
+
+/* Object types in an arena. */
+typedef enum {
+    MPROC_OBJ_ANY = 0, /* for mproc_shm_find: any type */
+    MPROC_OBJ_BYTES = 1,
+    MPROC_OBJ_LOCK,
+    MPROC_OBJ_RLOCK,
+    MPROC_OBJ_SEMAPHORE,
+    MPROC_OBJ_CONDITION,
+    MPROC_OBJ_EVENT,
+    MPROC_OBJ_BARRIER,
+    MPROC_OBJ_ARRAY
+} mproc_obj_type_t;
+
+/*
+ * Raw bytes from the arena, 64-byte aligned, zeroed. name may be NULL
+ * (unnamed: reach it by offset). -ENOMEM if the arena is full, -EEXIST if
+ * the name is taken, -EINVAL for size 0 or a bad name.
+ */
+int mproc_shm_alloc(mproc_shm_t *shm, size_t size, const char *name, void **out);
+/* Return any object (sync objects included) to the arena. No process may
+ * use it any more. -EINVAL if ptr is not an object of this arena. */
+int mproc_shm_free(mproc_shm_t *shm, void *ptr);
+/* An object by name; -ENOENT, or MPROC_ETYPE if it has another type. */
+int mproc_shm_find(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, void **out);
+/* An object's offset in its segment, the same in every process. */
+int mproc_shm_offset(const mproc_shm_t *shm, const void *ptr, uint64_t *offset);
+/* The object at offset; -EINVAL if none starts there, MPROC_ETYPE. */
+int mproc_shm_at(mproc_shm_t *shm, uint64_t offset, mproc_obj_type_t type, void **out);
+/* Size in bytes an object was allocated with (0 if ptr is not one). */
+size_t mproc_shm_object_size(const mproc_shm_t *shm, const void *ptr);
+
+/* Typed arrays (Python's Value and Array): elements of a C type, zeroed.
+ * A single value is an array of one. */
+typedef enum {
+    MPROC_INT8 = 1,
+    MPROC_UINT8,
+    MPROC_INT16,
+    MPROC_UINT16,
+    MPROC_INT32,
+    MPROC_UINT32,
+    MPROC_INT64,
+    MPROC_UINT64,
+    MPROC_FLOAT,
+    MPROC_DOUBLE
+} mproc_ctype_t;
+
+int mproc_array_create(mproc_shm_t *shm, const char *name, mproc_ctype_t type, size_t count,
+                       void **out);
+/* Open by name: MPROC_ETYPE if the element type differs; *count (may be
+ * NULL) receives the number of elements. */
+int mproc_array_open(mproc_shm_t *shm, const char *name, mproc_ctype_t type, void **out,
+                     size_t *count);
+
+/* ------------------------------------------------------------------------ */
+/* Synchronisation (docs/sync.md)                                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Every object lives in a segment's arena and is process-shared: there is
+ * no process-private variant to pick by mistake (P8). Each has
+ * mproc_X_create(shm, name, ..., &obj) (name may be NULL) and, for a named
+ * one, mproc_X_open(shm, name, &obj); mproc_shm_free destroys it. The
+ * pointer is valid in the process that created or opened it; another
+ * process reaches the same object through its own mapping (open by name, or
+ * mproc_shm_offset / mproc_shm_at).
+ *
+ * Every wait takes timeout_ms (MPROC_FOREVER, 0 to poll), measured on the
+ * monotonic clock, is EINTR-safe, and fails with -ETIMEDOUT when it
+ * expires. Owners are threads: a lock taken by one thread is released by
+ * the same thread.
+ */
+
+/*
+ * lock: non-recursive and robust (P9). If its holder dies (or its thread
+ * exits) holding it, the next acquirer gets -EOWNERDEAD and holds the lock:
+ * repair what it protects and call mproc_lock_consistent, or release it
+ * without that and every later acquire fails with -ENOTRECOVERABLE.
+ * acquire: 0, -ETIMEDOUT, -EOWNERDEAD (held), -ENOTRECOVERABLE, -EDEADLK
+ * (the caller holds it already). release: -EPERM if the caller does not
+ * hold it.
+ */
+typedef struct mproc_lock mproc_lock_t;
+int mproc_lock_create(mproc_shm_t *shm, const char *name, mproc_lock_t **out);
+int mproc_lock_open(mproc_shm_t *shm, const char *name, mproc_lock_t **out);
+int mproc_lock_acquire(mproc_lock_t *lock, int timeout_ms);
+int mproc_lock_release(mproc_lock_t *lock);
+int mproc_lock_consistent(mproc_lock_t *lock);
+
+/* rlock: recursive, owned by a (process, thread); released as many times as
+ * acquired. Robust like lock (-EOWNERDEAD, mproc_rlock_consistent). */
+typedef struct mproc_rlock mproc_rlock_t;
+int mproc_rlock_create(mproc_shm_t *shm, const char *name, mproc_rlock_t **out);
+int mproc_rlock_open(mproc_shm_t *shm, const char *name, mproc_rlock_t **out);
+int mproc_rlock_acquire(mproc_rlock_t *lock, int timeout_ms);
+int mproc_rlock_release(mproc_rlock_t *lock);
+int mproc_rlock_consistent(mproc_rlock_t *lock);
+
+/*
+ * semaphore: a counter. max 0: unbounded (up to INT32_MAX, -EOVERFLOW
+ * past it); max > 0: a bounded semaphore, whose release past max fails
+ * with -EOVERFLOW and changes nothing. A semaphore has no owner: a process
+ * that dies between acquire and release loses that unit.
+ */
+typedef struct mproc_semaphore mproc_semaphore_t;
+int mproc_semaphore_create(mproc_shm_t *shm, const char *name, unsigned value, unsigned max,
+                           mproc_semaphore_t **out);
+int mproc_semaphore_open(mproc_shm_t *shm, const char *name, mproc_semaphore_t **out);
+int mproc_semaphore_acquire(mproc_semaphore_t *sem, int timeout_ms);
+int mproc_semaphore_release(mproc_semaphore_t *sem);
+/* The current count (a snapshot). */
+int mproc_semaphore_value(const mproc_semaphore_t *sem);
+
+/*
+ * condition: wait / notify over a lock of the same segment (lock NULL: the
+ * condition makes its own; mproc_condition_lock returns it). wait and
+ * notify require the caller to hold the lock (-EPERM otherwise). wait
+ * releases it, sleeps, and re-acquires it before returning, also on
+ * -ETIMEDOUT; -EOWNERDEAD as for lock (the lock is held). Wake-ups may be
+ * spurious: wait in a loop over the predicate. A waiter that dies leaves
+ * nothing behind; a notifier that dies holding the lock is lock's case.
+ */
+typedef struct mproc_condition mproc_condition_t;
+int mproc_condition_create(mproc_shm_t *shm, const char *name, mproc_lock_t *lock,
+                           mproc_condition_t **out);
+int mproc_condition_open(mproc_shm_t *shm, const char *name, mproc_condition_t **out);
+mproc_lock_t *mproc_condition_lock(mproc_condition_t *cond);
+int mproc_condition_wait(mproc_condition_t *cond, int timeout_ms);
+/* Wake up to n waiters (n >= 1). */
+int mproc_condition_notify(mproc_condition_t *cond, int n);
+int mproc_condition_notify_all(mproc_condition_t *cond);
+
+/* event: a flag processes wait for. */
+typedef struct mproc_event mproc_event_t;
+int mproc_event_create(mproc_shm_t *shm, const char *name, mproc_event_t **out);
+int mproc_event_open(mproc_shm_t *shm, const char *name, mproc_event_t **out);
+int mproc_event_set(mproc_event_t *ev);
+int mproc_event_clear(mproc_event_t *ev);
+/* 1 if set, 0 if not. */
+int mproc_event_is_set(const mproc_event_t *ev);
+/* 0 once set (at once if it is), -ETIMEDOUT. */
+int mproc_event_wait(mproc_event_t *ev, int timeout_ms);
+
+/*
+ * barrier: parties processes (or threads) meet. wait returns the caller's
+ * arrival index, 0..parties-1 (exactly one caller gets parties-1, the last
+ * to arrive). A wait that times out breaks the barrier and returns
+ * -ETIMEDOUT; every other waiter, and every wait until reset, returns
+ * MPROC_EBROKEN. abort breaks it; reset makes it usable again (current
+ * waiters get MPROC_EBROKEN). A party that dies inside the barrier's
+ * bookkeeping breaks it; one that dies while waiting counts as arrived; a
+ * party that dies before arriving is seen through the others' timeouts or
+ * an abort by whoever watches it (docs/sync.md).
+ */
+typedef struct mproc_barrier mproc_barrier_t;
+int mproc_barrier_create(mproc_shm_t *shm, const char *name, unsigned parties,
+                         mproc_barrier_t **out);
+int mproc_barrier_open(mproc_shm_t *shm, const char *name, mproc_barrier_t **out);
+int mproc_barrier_wait(mproc_barrier_t *b, int timeout_ms);
+int mproc_barrier_abort(mproc_barrier_t *b);
+int mproc_barrier_reset(mproc_barrier_t *b);
+/* 1 if broken, 0 if not. */
+int mproc_barrier_is_broken(mproc_barrier_t *b);
+unsigned mproc_barrier_parties(const mproc_barrier_t *b);
+/* Parties waiting now (a snapshot). */
+unsigned mproc_barrier_n_waiting(const mproc_barrier_t *b);
+
+/* ------------------------------------------------------------------------ */
+/* Resource tracker (docs/tracker.md)                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The tracker is a helper process (a spawn of this executable, taking over
+ * before main) that learns every named segment this process and its fork
+ * children create or open, and unlinks each one whose users have all died
+ * without unlinking it, SIGKILL included (P7). A segment still mapped by a
+ * live process, of this tree or not, is never unlinked. It starts with the
+ * first named segment (or with mproc_tracker_start), ignores SIGINT,
+ * SIGTERM and SIGHUP, sweeps and exits once no process holds its line.
+ */
+int mproc_tracker_start(void);
+/* The tracker's pid, 0 if none is known to this process. */
+pid_t mproc_tracker_pid(void);
+/*
+ * Let go of the tracker: it sweeps and exits once no other process holds
+ * it. If this process started it, wait for that (timeout_ms; -ETIMEDOUT,
+ * and the tracker is then left to finish alone). 0 if there is none.
+ */
+int mproc_tracker_stop(int timeout_ms);
+
+/*
+ * Sweep /dev/shm for mproc segments no live process uses (a tree killed
+ * wholesale, tracker included) and unlink them; with MPROC_CLEAN_DRY_RUN
+ * only report them. fn (may be NULL) is called once per segment found,
+ * with its path. Returns the number of segments found, or a negative
+ * error. A segment being created right now is left alone.
+ */
+#define MPROC_CLEAN_DRY_RUN 1u
+typedef void (*mproc_clean_fn)(void *ctx, const char *path);
+int mproc_clean(unsigned flags, mproc_clean_fn fn, void *ctx);
 
 #ifdef __cplusplus
 }

@@ -67,6 +67,7 @@ static void on_child(void)
     atomic_fetch_add(&generation, 1);
     __atomic_store_n(&self_pid, getpid(), __ATOMIC_RELEASE);
     pthread_mutex_init(&guard_lock, NULL);
+    mproc__tid_reset_after_fork();
     for (int i = 0; i < n_internal_hooks; i++)
         internal_hooks[i]();
     in_callback = 1;

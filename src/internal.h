@@ -3,7 +3,8 @@
  * is public API; names carry the mproc__ prefix.
  *
  * Layering (a file only calls files listed before it):
- *   platform  errors  atfork  request  child  spawn  forkserver  process  init
+ *   platform  errors  atfork  request  child  spawn  tracker  shm  sync
+ *   forkserver  process  init
  */
 #ifndef MPROC_INTERNAL_H
 #define MPROC_INTERNAL_H
@@ -129,6 +130,14 @@ _Noreturn void mproc__child_fail(int code);
  */
 int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pid, int *pidfd,
                  int *sock);
+/*
+ * The exec part alone: posix_spawn this executable with env_entry
+ * ("NAME=value") added to our environment, fds 0-2 and keep[] only, every
+ * signal at its default. *child_closes: the child must close stray fds
+ * itself (no closefrom here).
+ */
+int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, pid_t *pid,
+                      int *child_closes);
 /* In mproc_init: 1 and the request if this process is a spawn child, 0 if
  * not. The request socket is returned in *sock. */
 int mproc__spawn_receive(mproc__request_t *req, void **buf, int *sock);
@@ -136,6 +145,49 @@ int mproc__spawn_receive(mproc__request_t *req, void **buf, int *sock);
 int mproc__spawn_uninitialised(void);
 /* argv[0] for spawned children, remembered by mproc_init. */
 void mproc__spawn_set_argv0(const char *argv0);
+
+/* ---- tracker.c: the resource tracker ------------------------------------ */
+
+/* Where named segments live, and the prefix of their file names. */
+#define MPROC__SHM_DIR "/dev/shm"
+#define MPROC__SHM_PREFIX "mproc-"
+
+/* Tell the tracker (started if needed) that this process created or opened
+ * the named segment file (its name under MPROC__SHM_DIR, e.g.
+ * "mproc-abc") whose inode is (dev, ino); unregister when it unlinked it. */
+int mproc__tracker_register(const char *file, uint64_t dev, uint64_t ino);
+int mproc__tracker_unregister(const char *file, uint64_t dev, uint64_t ino);
+/*
+ * Unlink the segment file if nobody uses it: 1 unlinked (or would be, with
+ * dry_run), 0 in use / not ours / being created, negative errno. With
+ * dev == 0 any inode under that name is considered.
+ */
+int mproc__shm_reclaim(const char *file, uint64_t dev, uint64_t ino, int dry_run);
+
+/* ---- shm.c: segments and the arena -------------------------------------- */
+
+/* The segment header, at offset 0 of every segment. */
+#define MPROC__SHM_MAGIC 0x31764d4853637270ull /* "prcSHMv1" */
+#define MPROC__SHM_VERSION 1u
+#define MPROC__SHM_HEADER 4096u
+
+typedef struct {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;
+    uint64_t total; /* bytes mapped, header included */
+    uint8_t id[16]; /* random: tells segments apart  */
+    uint32_t ready; /* set last when created         */
+    uint32_t arena_broken;
+    uint64_t arena_lock[8]; /* a robust pthread mutex (40 bytes on glibc) */
+} mproc__shm_header_t;
+
+/*
+ * Allocate an object of size bytes and type in the arena, zeroed; init
+ * (may be NULL) prepares it before anyone can find it by name.
+ */
+int mproc__shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, uint32_t ctype,
+                   size_t size, int (*init)(void *obj, void *ctx), void *ctx, void **out);
 
 /* ---- forkserver.c ------------------------------------------------------- */
 /* Ask the helper (started if needed) to fork a child running req. */

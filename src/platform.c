@@ -347,3 +347,128 @@ const char *mproc__self_exe(void)
 {
     return "/proc/self/exe";
 }
+
+/* ---- futexes, thread ids, randomness --------------------------------------- */
+
+#include <linux/futex.h>
+
+int64_t mproc__deadline_ns(int timeout_ms)
+{
+    if (timeout_ms < 0)
+        return -1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + (int64_t)timeout_ms * 1000000;
+}
+
+int mproc__futex_wait(const uint32_t *addr, uint32_t val, int64_t deadline_ns)
+{
+    struct timespec ts, *tsp = NULL;
+    if (deadline_ns >= 0) {
+        ts.tv_sec = (time_t)(deadline_ns / 1000000000);
+        ts.tv_nsec = (long)(deadline_ns % 1000000000);
+        tsp = &ts;
+    }
+    /* WAIT_BITSET takes an absolute CLOCK_MONOTONIC time: a retry after
+     * EINTR keeps the caller's deadline exactly. */
+    long rc = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, val, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
+    if (rc < 0 && errno == ETIMEDOUT)
+        return -ETIMEDOUT;
+    return 0; /* woken, EAGAIN (value changed) or EINTR */
+}
+
+void mproc__futex_wake(const uint32_t *addr, int n)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+static _Thread_local pid_t cached_tid;
+
+pid_t mproc__tid(void)
+{
+    pid_t t = cached_tid;
+    if (t == 0)
+        cached_tid = t = (pid_t)syscall(SYS_gettid);
+    return t;
+}
+
+/* The forking thread is the only one in the child, with a new id. */
+void mproc__tid_reset_after_fork(void)
+{
+    cached_tid = 0;
+}
+
+int mproc__random_bytes(void *buf, size_t len)
+{
+    unsigned char *p = buf;
+    size_t got = 0;
+#ifdef SYS_getrandom
+    while (got < len) {
+        long n = syscall(SYS_getrandom, p + got, len - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        got += (size_t)n;
+    }
+    if (got == len)
+        return 0;
+#endif
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = mproc__read_full(fd, p + got, len - got);
+    close(fd);
+    return n == (ssize_t)(len - got) ? 0 : -EIO;
+}
+
+/* ---- robust process-shared mutexes ----------------------------------------- */
+
+int mproc__mutex_init(pthread_mutex_t *m, int kind)
+{
+    pthread_mutexattr_t a;
+    int rc = pthread_mutexattr_init(&a);
+    if (rc)
+        return -rc;
+    rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (!rc)
+        rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (!rc)
+        rc = pthread_mutexattr_settype(&a,
+                                       kind ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
+    if (!rc)
+        rc = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    return -rc;
+}
+
+int mproc__mutex_held(const pthread_mutex_t *m)
+{
+    /* A robust mutex's lock word holds its owner's thread id; the kernel
+     * clears it when that thread dies, so a reused id cannot match. */
+    unsigned word = __atomic_load_n((const unsigned *)&m->__data.__lock, __ATOMIC_RELAXED);
+    return (pid_t)(word & FUTEX_TID_MASK) == mproc__tid();
+}
+
+int mproc__mutex_lock(pthread_mutex_t *m, int64_t deadline_ns)
+{
+    int rc;
+    if (deadline_ns == 0) {
+        rc = pthread_mutex_trylock(m);
+        if (rc == EBUSY) /* a recursive one we hold would have succeeded */
+            rc = mproc__mutex_held(m) ? EDEADLK : ETIMEDOUT;
+    } else if (deadline_ns < 0) {
+        rc = pthread_mutex_lock(m);
+    } else {
+        struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000),
+                              .tv_nsec = (long)(deadline_ns % 1000000000)};
+        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+    }
+    return -rc;
+}
+
+int mproc__mutex_unlock(pthread_mutex_t *m)
+{
+    return -pthread_mutex_unlock(m);
+}

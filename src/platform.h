@@ -11,6 +11,7 @@
 #define MPROC_PLATFORM_H
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -74,5 +75,35 @@ const char *mproc__program_name(void);
 
 /* Path that re-executes this very program (spawn). */
 const char *mproc__self_exe(void);
+
+/* ---- shared-memory waits (Linux futexes; process-shared, never private) */
+
+/* A deadline in ns on the monotonic clock (-1: forever). */
+int64_t mproc__deadline_ns(int timeout_ms);
+/* Sleep while *addr == val, until woken or the deadline (from
+ * mproc__deadline_ns; -1 forever) passes. 0: woken, value changed or
+ * interrupted (callers re-check their condition); -ETIMEDOUT. */
+int mproc__futex_wait(const uint32_t *addr, uint32_t val, int64_t deadline_ns);
+/* Wake up to n sleepers on addr. */
+void mproc__futex_wake(const uint32_t *addr, int n);
+
+/* The calling thread's id, cached per thread (reset in fork children). */
+pid_t mproc__tid(void);
+void mproc__tid_reset_after_fork(void);
+
+/* Fill buf with unpredictable bytes (getrandom, else /dev/urandom). */
+int mproc__random_bytes(void *buf, size_t len);
+
+/*
+ * Robust process-shared mutexes (glibc's PTHREAD_MUTEX_ROBUST): the arena's
+ * lock and the lock objects. kind: 0 error-checking, 1 recursive.
+ * lock: 0, -EOWNERDEAD (held; the previous owner died), -ENOTRECOVERABLE,
+ * -EDEADLK, -ETIMEDOUT (deadline in ns from mproc__deadline_ns, -1 forever,
+ * 0 try once). held: the calling thread owns it.
+ */
+int mproc__mutex_init(pthread_mutex_t *m, int kind);
+int mproc__mutex_lock(pthread_mutex_t *m, int64_t deadline_ns);
+int mproc__mutex_unlock(pthread_mutex_t *m);
+int mproc__mutex_held(const pthread_mutex_t *m);
 
 #endif

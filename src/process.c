@@ -245,6 +245,13 @@ out:
     return rc;
 }
 
+int mproc_process_pass_shm(mproc_process_t *p, const mproc_shm_t *shm)
+{
+    if (!shm)
+        return -EINVAL;
+    return mproc_process_pass_fd(p, mproc_shm_fd(shm));
+}
+
 /* ---- the three start methods ----------------------------------------------- */
 
 static int start_fork(mproc_process_t *p)

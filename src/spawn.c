@@ -41,10 +41,19 @@ void mproc__spawn_set_argv0(const char *argv0)
         snprintf(spawn_argv0, sizeof spawn_argv0, "%s", argv0);
 }
 
-/* The environment of the child: ours, minus any stale MPROC_SPAWN, plus the
- * one that names its socket. */
+static int is_var(const char *kv, const char *name)
+{
+    size_t n = strlen(name);
+    return strncmp(kv, name, n) == 0 && kv[n] == '=';
+}
+
+/* The environment of the child: ours, minus any stale MPROC_SPAWN or
+ * variable of the entry's name, plus the entry ("NAME=value"). */
 static char **child_environ(char *entry)
 {
+    char name[64];
+    size_t nl = strcspn(entry, "=");
+    snprintf(name, sizeof name, "%.*s", (int)nl, entry);
     size_t n = 0;
     while (environ && environ[n])
         n++;
@@ -53,7 +62,7 @@ static char **child_environ(char *entry)
         return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], SPAWN_ENV "=", sizeof SPAWN_ENV) != 0)
+        if (!is_var(environ[i], SPAWN_ENV) && !is_var(environ[i], name))
             env[k++] = environ[i];
     env[k++] = entry;
     env[k] = NULL;
@@ -127,26 +136,15 @@ static void kill_and_reap(pid_t pid, int pidfd, int leaving)
     mproc__reap(pid, pidfd, 1, &code);
 }
 
-int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pid_out,
-                 int *pidfd_out, int *sock_out)
+int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, pid_t *pid_out,
+                      int *child_closes)
 {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        return -errno;
-
-    int all[MPROC__MAX_FDS + 2];
-    size_t nall = 0;
-    for (size_t i = 0; i < nkeep; i++)
-        all[nall++] = keep[i];
-    all[nall++] = sv[1];
-
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_init(&fa);
     posix_spawnattr_init(&attr);
     int rc;
-    if (build_fd_actions(&fa, all, nall, &rc))
-        req->flags |= MPROC__F_CLOSE_FDS;
+    *child_closes = build_fd_actions(&fa, keep, nkeep, &rc);
 
     /* Every signal at its default and none blocked: the same start as a
      * forked child, whatever the parent had installed. */
@@ -162,20 +160,41 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
     if (rc == 0)
         rc = -posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
 
-    char entry[64];
-    snprintf(entry, sizeof entry, SPAWN_ENV "=%d:%ld", sv[1], (long)getpid());
+    char entry[128];
+    snprintf(entry, sizeof entry, "%s", env_entry);
     char **env = rc == 0 ? child_environ(entry) : NULL;
     if (rc == 0 && !env)
         rc = -ENOMEM;
-
-    pid_t pid = -1;
     if (rc == 0) {
         char *argv[] = {spawn_argv0, NULL};
-        rc = -posix_spawn(&pid, mproc__self_exe(), &fa, &attr, argv, env);
+        rc = -posix_spawn(pid_out, mproc__self_exe(), &fa, &attr, argv, env);
     }
     free(env);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
+    return rc;
+}
+
+int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pid_out,
+                 int *pidfd_out, int *sock_out)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return -errno;
+
+    int all[MPROC__MAX_FDS + 2];
+    size_t nall = 0;
+    for (size_t i = 0; i < nkeep; i++)
+        all[nall++] = keep[i];
+    all[nall++] = sv[1];
+
+    char entry[64];
+    snprintf(entry, sizeof entry, SPAWN_ENV "=%d:%ld", sv[1], (long)getpid());
+    pid_t pid = -1;
+    int child_closes;
+    int rc = mproc__spawn_exec(entry, all, nall, &pid, &child_closes);
+    if (child_closes)
+        req->flags |= MPROC__F_CLOSE_FDS;
     close(sv[1]);
     if (rc < 0) {
         close(sv[0]);

@@ -1,0 +1,524 @@
+/*
+ * sync.c - lock, rlock, semaphore, condition, event and barrier, all in
+ * shared memory and process-shared.
+ *
+ * lock and rlock are glibc's robust process-shared mutexes: the kernel's
+ * robust-futex list (owned by glibc, one per thread) is what marks a lock
+ * whose holder died, and only glibc can safely put entries on it.
+ *
+ * The others are futex words with no owner state a death could corrupt:
+ * a waiter that dies is simply gone from the kernel's wait queue. Waiter
+ * counts only decide whether a wake-up syscall is needed; a dead waiter
+ * leaves one too high, which costs a spare wake-up, never a missed one.
+ * Wake-ups pair a seq_cst store of the value with a seq_cst load of the
+ * waiter count (and the reverse in the waiter), so either the waiter sees
+ * the new value or the waker sees the waiter.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <string.h>
+
+/* 0 polls: the futex wait and the mutex try once. */
+static int64_t deadline_of(int timeout_ms)
+{
+    return timeout_ms == 0 ? 0 : mproc__deadline_ns(timeout_ms);
+}
+
+/* ---- lock and rlock -------------------------------------------------------- */
+
+struct mproc_lock {
+    pthread_mutex_t m;
+};
+
+struct mproc_rlock {
+    pthread_mutex_t m;
+};
+
+static int init_lock(void *obj, void *ctx)
+{
+    return mproc__mutex_init(obj, ctx != NULL);
+}
+
+static int create_obj(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, size_t size,
+                      int (*init)(void *, void *), void *ctx, void **out)
+{
+    return mproc__shm_new(shm, name, type, 0, size, init, ctx, out);
+}
+
+int mproc_lock_create(mproc_shm_t *shm, const char *name, mproc_lock_t **out)
+{
+    return create_obj(shm, name, MPROC_OBJ_LOCK, sizeof(mproc_lock_t), init_lock, NULL,
+                      (void **)out);
+}
+
+int mproc_lock_open(mproc_shm_t *shm, const char *name, mproc_lock_t **out)
+{
+    return mproc_shm_find(shm, name, MPROC_OBJ_LOCK, (void **)out);
+}
+
+int mproc_lock_acquire(mproc_lock_t *lock, int timeout_ms)
+{
+    if (!lock)
+        return -EINVAL;
+    return mproc__mutex_lock(&lock->m, deadline_of(timeout_ms));
+}
+
+int mproc_lock_release(mproc_lock_t *lock)
+{
+    return lock ? mproc__mutex_unlock(&lock->m) : -EINVAL;
+}
+
+int mproc_lock_consistent(mproc_lock_t *lock)
+{
+    return lock ? -pthread_mutex_consistent(&lock->m) : -EINVAL;
+}
+
+int mproc_rlock_create(mproc_shm_t *shm, const char *name, mproc_rlock_t **out)
+{
+    return create_obj(shm, name, MPROC_OBJ_RLOCK, sizeof(mproc_rlock_t), init_lock, (void *)1,
+                      (void **)out);
+}
+
+int mproc_rlock_open(mproc_shm_t *shm, const char *name, mproc_rlock_t **out)
+{
+    return mproc_shm_find(shm, name, MPROC_OBJ_RLOCK, (void **)out);
+}
+
+int mproc_rlock_acquire(mproc_rlock_t *lock, int timeout_ms)
+{
+    if (!lock)
+        return -EINVAL;
+    int rc = mproc__mutex_lock(&lock->m, deadline_of(timeout_ms));
+    return rc == -EAGAIN ? -EOVERFLOW : rc; /* recursion count exhausted */
+}
+
+int mproc_rlock_release(mproc_rlock_t *lock)
+{
+    return lock ? mproc__mutex_unlock(&lock->m) : -EINVAL;
+}
+
+int mproc_rlock_consistent(mproc_rlock_t *lock)
+{
+    return lock ? -pthread_mutex_consistent(&lock->m) : -EINVAL;
+}
+
+/* ---- semaphore ------------------------------------------------------------- */
+
+struct mproc_semaphore {
+    _Atomic uint32_t value; /* the futex word */
+    _Atomic uint32_t waiters;
+    uint32_t max; /* 0: unbounded */
+};
+
+typedef struct {
+    unsigned value, max;
+} sem_init_t;
+
+static int init_sem(void *obj, void *ctx)
+{
+    mproc_semaphore_t *s = obj;
+    const sem_init_t *in = ctx;
+    atomic_init(&s->value, in->value);
+    s->max = in->max;
+    return 0;
+}
+
+int mproc_semaphore_create(mproc_shm_t *shm, const char *name, unsigned value, unsigned max,
+                           mproc_semaphore_t **out)
+{
+    if (value > INT32_MAX || max > INT32_MAX || (max && value > max)) {
+        if (out)
+            *out = NULL;
+        return -EINVAL;
+    }
+    sem_init_t in = {value, max};
+    return create_obj(shm, name, MPROC_OBJ_SEMAPHORE, sizeof(mproc_semaphore_t), init_sem, &in,
+                      (void **)out);
+}
+
+int mproc_semaphore_open(mproc_shm_t *shm, const char *name, mproc_semaphore_t **out)
+{
+    return mproc_shm_find(shm, name, MPROC_OBJ_SEMAPHORE, (void **)out);
+}
+
+static int sem_try(mproc_semaphore_t *s)
+{
+    uint32_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
+    while (v > 0)
+        if (atomic_compare_exchange_weak(&s->value, &v, v - 1))
+            return 1;
+    return 0;
+}
+
+int mproc_semaphore_acquire(mproc_semaphore_t *s, int timeout_ms)
+{
+    if (!s)
+        return -EINVAL;
+    if (sem_try(s))
+        return 0;
+    if (timeout_ms == 0)
+        return -ETIMEDOUT;
+    int64_t deadline = deadline_of(timeout_ms);
+    atomic_fetch_add(&s->waiters, 1);
+    int rc = 0;
+    for (;;) {
+        if (sem_try(s)) {
+            rc = 0;
+            break;
+        }
+        if (rc == -ETIMEDOUT)
+            break;
+        rc = mproc__futex_wait((const uint32_t *)&s->value, 0, deadline);
+    }
+    atomic_fetch_sub(&s->waiters, 1);
+    return rc;
+}
+
+int mproc_semaphore_release(mproc_semaphore_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    uint32_t limit = s->max ? s->max : INT32_MAX;
+    uint32_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
+    do {
+        if (v >= limit)
+            return -EOVERFLOW;
+    } while (!atomic_compare_exchange_weak(&s->value, &v, v + 1));
+    if (atomic_load(&s->waiters) > 0)
+        mproc__futex_wake((const uint32_t *)&s->value, 1);
+    return 0;
+}
+
+int mproc_semaphore_value(const mproc_semaphore_t *s)
+{
+    return s ? (int)atomic_load(&((mproc_semaphore_t *)s)->value) : -EINVAL;
+}
+
+/* ---- condition -------------------------------------------------------------- */
+
+struct mproc_condition {
+    _Atomic uint32_t seq; /* bumped by every notify: the futex word      */
+    uint32_t waiters;     /* changed under the lock only                 */
+    int64_t lock_rel;     /* the lock, relative to this object: the same
+                             in every mapping                            */
+    mproc_lock_t own;     /* the lock when none was given                */
+};
+
+static mproc_lock_t *cond_lock(mproc_condition_t *c)
+{
+    return (mproc_lock_t *)((unsigned char *)c + c->lock_rel);
+}
+
+typedef struct {
+    mproc_shm_t *shm;
+    mproc_lock_t *lock;
+} cond_init_t;
+
+static int init_cond(void *obj, void *ctx)
+{
+    mproc_condition_t *c = obj;
+    const cond_init_t *in = ctx;
+    if (!in->lock) {
+        c->lock_rel = (int64_t)offsetof(mproc_condition_t, own);
+        return mproc__mutex_init(&c->own.m, 0);
+    }
+    c->lock_rel = (int64_t)((unsigned char *)in->lock - (unsigned char *)c);
+    return 0;
+}
+
+int mproc_condition_create(mproc_shm_t *shm, const char *name, mproc_lock_t *lock,
+                           mproc_condition_t **out)
+{
+    if (lock && mproc_shm_object_size(shm, lock) != sizeof(mproc_lock_t)) {
+        if (out)
+            *out = NULL;
+        return -EINVAL; /* not a lock of this segment */
+    }
+    if (lock) {
+        uint64_t off;
+        void *check;
+        int rc = mproc_shm_offset(shm, lock, &off);
+        if (rc == 0)
+            rc = mproc_shm_at(shm, off, MPROC_OBJ_LOCK, &check);
+        if (rc < 0) {
+            if (out)
+                *out = NULL;
+            return -EINVAL;
+        }
+    }
+    cond_init_t in = {shm, lock};
+    return create_obj(shm, name, MPROC_OBJ_CONDITION, sizeof(mproc_condition_t), init_cond, &in,
+                      (void **)out);
+}
+
+int mproc_condition_open(mproc_shm_t *shm, const char *name, mproc_condition_t **out)
+{
+    return mproc_shm_find(shm, name, MPROC_OBJ_CONDITION, (void **)out);
+}
+
+mproc_lock_t *mproc_condition_lock(mproc_condition_t *c)
+{
+    return c ? cond_lock(c) : NULL;
+}
+
+int mproc_condition_wait(mproc_condition_t *c, int timeout_ms)
+{
+    if (!c)
+        return -EINVAL;
+    mproc_lock_t *lock = cond_lock(c);
+    if (!mproc__mutex_held(&lock->m))
+        return -EPERM;
+    int64_t deadline = deadline_of(timeout_ms);
+    uint32_t seq = atomic_load(&c->seq);
+    c->waiters++;
+    mproc__mutex_unlock(&lock->m);
+    /* A notify between the unlock and the sleep changed seq: no sleep. */
+    int rc = mproc__futex_wait((const uint32_t *)&c->seq, seq, deadline);
+    int lrc = mproc__mutex_lock(&lock->m, -1);
+    if (lrc < 0 && lrc != -EOWNERDEAD)
+        return lrc; /* -ENOTRECOVERABLE: the lock is not held */
+    if (c->waiters > 0)
+        c->waiters--;
+    if (lrc == -EOWNERDEAD)
+        return lrc;
+    if (rc == -ETIMEDOUT && atomic_load(&c->seq) == seq)
+        return -ETIMEDOUT;
+    return 0;
+}
+
+int mproc_condition_notify(mproc_condition_t *c, int n)
+{
+    if (!c || n < 1)
+        return -EINVAL;
+    if (!mproc__mutex_held(&cond_lock(c)->m))
+        return -EPERM;
+    atomic_fetch_add(&c->seq, 1);
+    if (c->waiters > 0)
+        mproc__futex_wake((const uint32_t *)&c->seq, n);
+    return 0;
+}
+
+int mproc_condition_notify_all(mproc_condition_t *c)
+{
+    return mproc_condition_notify(c, INT_MAX);
+}
+
+/* ---- event ------------------------------------------------------------------ */
+
+struct mproc_event {
+    _Atomic uint32_t flag; /* the futex word */
+    _Atomic uint32_t waiters;
+};
+
+int mproc_event_create(mproc_shm_t *shm, const char *name, mproc_event_t **out)
+{
+    return create_obj(shm, name, MPROC_OBJ_EVENT, sizeof(mproc_event_t), NULL, NULL, (void **)out);
+}
+
+int mproc_event_open(mproc_shm_t *shm, const char *name, mproc_event_t **out)
+{
+    return mproc_shm_find(shm, name, MPROC_OBJ_EVENT, (void **)out);
+}
+
+int mproc_event_set(mproc_event_t *ev)
+{
+    if (!ev)
+        return -EINVAL;
+    if (atomic_exchange(&ev->flag, 1) == 0 && atomic_load(&ev->waiters) > 0)
+        mproc__futex_wake((const uint32_t *)&ev->flag, INT_MAX);
+    return 0;
+}
+
+int mproc_event_clear(mproc_event_t *ev)
+{
+    if (!ev)
+        return -EINVAL;
+    atomic_store(&ev->flag, 0);
+    return 0;
+}
+
+int mproc_event_is_set(const mproc_event_t *ev)
+{
+    return ev ? (int)atomic_load(&((mproc_event_t *)ev)->flag) : -EINVAL;
+}
+
+int mproc_event_wait(mproc_event_t *ev, int timeout_ms)
+{
+    if (!ev)
+        return -EINVAL;
+    if (atomic_load(&ev->flag))
+        return 0;
+    if (timeout_ms == 0)
+        return -ETIMEDOUT;
+    int64_t deadline = deadline_of(timeout_ms);
+    atomic_fetch_add(&ev->waiters, 1);
+    int rc = 0;
+    while (!atomic_load(&ev->flag) && rc == 0)
+        rc = mproc__futex_wait((const uint32_t *)&ev->flag, 0, deadline);
+    atomic_fetch_sub(&ev->waiters, 1);
+    return atomic_load(&ev->flag) ? 0 : -ETIMEDOUT;
+}
+
+/* ---- barrier ---------------------------------------------------------------- */
+
+/*
+ * Arrivals are counted under a robust lock; a generation ends (all arrived,
+ * broken, reset) by recording its outcome, then bumping gen, the futex word
+ * waiters sleep on. A waiter that wakes later reads its generation's outcome
+ * in a 64-bit history: n parties cannot run 64 generations ahead of one of
+ * them.
+ */
+struct mproc_barrier {
+    mproc_lock_t lock;
+    _Atomic uint32_t gen; /* the futex word */
+    uint32_t parties;
+    _Atomic uint32_t count;       /* arrived in this generation */
+    uint32_t broken;              /* until reset                */
+    _Atomic uint64_t broken_gens; /* bit g%64: generation g ended broken */
+};
+
+static int init_barrier(void *obj, void *ctx)
+{
+    mproc_barrier_t *b = obj;
+    b->parties = *(const unsigned *)ctx;
+    return mproc__mutex_init(&b->lock.m, 0);
+}
+
+int mproc_barrier_create(mproc_shm_t *shm, const char *name, unsigned parties,
+                         mproc_barrier_t **out)
+{
+    if (parties == 0 || parties > INT32_MAX) {
+        if (out)
+            *out = NULL;
+        return -EINVAL;
+    }
+    return create_obj(shm, name, MPROC_OBJ_BARRIER, sizeof(mproc_barrier_t), init_barrier, &parties,
+                      (void **)out);
+}
+
+int mproc_barrier_open(mproc_shm_t *shm, const char *name, mproc_barrier_t **out)
+{
+    return mproc_shm_find(shm, name, MPROC_OBJ_BARRIER, (void **)out);
+}
+
+/* Under the lock: end the current generation. */
+static void end_generation(mproc_barrier_t *b, int broken)
+{
+    uint32_t g = atomic_load(&b->gen);
+    uint64_t bit = 1ull << (g % 64);
+    if (broken)
+        atomic_fetch_or(&b->broken_gens, bit);
+    else
+        atomic_fetch_and(&b->broken_gens, ~bit);
+    atomic_store(&b->count, 0);
+    atomic_store(&b->gen, g + 1);
+    mproc__futex_wake((const uint32_t *)&b->gen, INT_MAX);
+}
+
+/* The barrier's lock; a party that died holding it breaks the barrier. */
+static int barrier_lock(mproc_barrier_t *b, int64_t deadline)
+{
+    int rc = mproc__mutex_lock(&b->lock.m, deadline);
+    if (rc == -EOWNERDEAD) {
+        b->broken = 1;
+        if (atomic_load(&b->count) > 0)
+            end_generation(b, 1);
+        pthread_mutex_consistent(&b->lock.m);
+        rc = 0;
+    }
+    return rc;
+}
+
+int mproc_barrier_wait(mproc_barrier_t *b, int timeout_ms)
+{
+    if (!b)
+        return -EINVAL;
+    int64_t deadline = mproc__deadline_ns(timeout_ms);
+    int rc = barrier_lock(b, timeout_ms == 0 ? -1 : deadline);
+    if (rc < 0)
+        return rc;
+    if (b->broken) {
+        mproc__mutex_unlock(&b->lock.m);
+        return MPROC_EBROKEN;
+    }
+    uint32_t index = atomic_fetch_add(&b->count, 1);
+    if (index + 1 == b->parties) {
+        end_generation(b, 0);
+        mproc__mutex_unlock(&b->lock.m);
+        return (int)index;
+    }
+    uint32_t g = atomic_load(&b->gen);
+    mproc__mutex_unlock(&b->lock.m);
+
+    while (atomic_load(&b->gen) == g) {
+        rc = timeout_ms == 0 ? -ETIMEDOUT
+                             : mproc__futex_wait((const uint32_t *)&b->gen, g, deadline);
+        if (rc == -ETIMEDOUT && atomic_load(&b->gen) == g) {
+            /* Our time is up: break it for everyone, unless the generation
+             * ended while we took the lock. */
+            if (barrier_lock(b, -1) == 0) {
+                int mine = atomic_load(&b->gen) == g;
+                if (mine) {
+                    b->broken = 1;
+                    end_generation(b, 1);
+                }
+                mproc__mutex_unlock(&b->lock.m);
+                if (mine)
+                    return -ETIMEDOUT;
+            }
+            break;
+        }
+    }
+    uint64_t bits = atomic_load(&b->broken_gens);
+    return bits & (1ull << (g % 64)) ? MPROC_EBROKEN : (int)index;
+}
+
+int mproc_barrier_abort(mproc_barrier_t *b)
+{
+    if (!b)
+        return -EINVAL;
+    int rc = barrier_lock(b, -1);
+    if (rc < 0)
+        return rc;
+    b->broken = 1;
+    if (atomic_load(&b->count) > 0)
+        end_generation(b, 1);
+    mproc__mutex_unlock(&b->lock.m);
+    return 0;
+}
+
+int mproc_barrier_reset(mproc_barrier_t *b)
+{
+    if (!b)
+        return -EINVAL;
+    int rc = barrier_lock(b, -1);
+    if (rc < 0)
+        return rc;
+    if (atomic_load(&b->count) > 0)
+        end_generation(b, 1);
+    b->broken = 0;
+    mproc__mutex_unlock(&b->lock.m);
+    return 0;
+}
+
+int mproc_barrier_is_broken(mproc_barrier_t *b)
+{
+    if (!b)
+        return -EINVAL;
+    return __atomic_load_n(&b->broken, __ATOMIC_ACQUIRE) ? 1 : 0;
+}
+
+unsigned mproc_barrier_parties(const mproc_barrier_t *b)
+{
+    return b ? b->parties : 0;
+}
+
+unsigned mproc_barrier_n_waiting(const mproc_barrier_t *b)
+{
+    return b ? atomic_load(&((mproc_barrier_t *)b)->count) : 0;
+}
