@@ -285,9 +285,6 @@ static _Noreturn void tracker_serve(int sock)
     if (chdir("/") < 0) {
         /* harmless: only keeps a directory busy */
     }
-    int on = 1;
-    setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
-
     struct pollfd *pfd = NULL;
     size_t cap = 0;
     for (;;) {
@@ -423,6 +420,15 @@ static int start_locked(void)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         return -errno;
+    /* Credentials on the tracker's end from the start: a message queued
+     * before the tracker runs must carry its sender too. */
+    int on = 1;
+    if (setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof on) < 0) {
+        int e = -errno;
+        close(sv[0]);
+        close(sv[1]);
+        return e;
+    }
     char entry[64];
     snprintf(entry, sizeof entry, TRACKER_ENV "=%d:%ld", sv[1], (long)getpid());
     pid_t pid;

@@ -1,10 +1,10 @@
 /*
  * mproc.c - the mproc command-line tool.
  *
- * For now a thin shell: it reports its version and its usage. The
- * supervisor commands (run, clean) arrive with supervisor.c.
+ * A thin shell over the library: each command is one library call and its
+ * output. The supervisor command (run) arrives with supervisor.c.
  *
- * Exit status: 0 on success, 2 on a usage error.
+ * Exit status: 0 on success, 1 on failure, 2 on a usage error.
  */
 #include <stdio.h>
 #include <string.h>
@@ -16,6 +16,10 @@ static void usage(FILE *out)
     fputs("usage: mproc <command> [args...]\n"
           "\n"
           "commands:\n"
+          "  clean [--dry-run]\n"
+          "             remove the shared memory segments (/dev/shm/mproc-*) that no\n"
+          "             live process uses, left by a process tree killed wholesale;\n"
+          "             print each one's path (--dry-run: only print them)\n"
           "  version    print the version of mproc (also: --version)\n"
           "  help       print this message (also: --help, -h)\n",
           out);
@@ -26,6 +30,34 @@ static int flush_stdout(void)
 {
     if (fflush(stdout) != 0 || ferror(stdout)) {
         perror("mproc: stdout");
+        return 1;
+    }
+    return 0;
+}
+
+static void print_path(void *ctx, const char *path)
+{
+    (void)ctx;
+    printf("%s\n", path);
+}
+
+static int cmd_clean(int argc, char **argv)
+{
+    unsigned flags = 0;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--dry-run") == 0 || strcmp(argv[i], "-n") == 0) {
+            flags |= MPROC_CLEAN_DRY_RUN;
+        } else {
+            fprintf(stderr, "mproc clean: unknown option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    int rc = mproc_clean(flags, print_path, NULL);
+    if (flush_stdout())
+        return 1;
+    if (rc < 0) {
+        fprintf(stderr, "mproc clean: %s\n", mproc_strerror(rc));
         return 1;
     }
     return 0;
@@ -58,6 +90,8 @@ int main(int argc, char **argv)
         printf("mproc %s\n", mproc_version());
         return flush_stdout();
     }
+    if (strcmp(cmd, "clean") == 0)
+        return cmd_clean(argc, argv);
     if (is_any(cmd, "help", "--help", "-h")) {
         usage(stdout);
         return flush_stdout();
