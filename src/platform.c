@@ -382,20 +382,17 @@ void mproc__futex_wake(const uint32_t *addr, int n)
     syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
-static _Thread_local pid_t cached_tid;
+_Thread_local pid_t mproc__tid_cache __attribute__((tls_model("initial-exec")));
 
-pid_t mproc__tid(void)
+pid_t mproc__tid_slow(void)
 {
-    pid_t t = cached_tid;
-    if (t == 0)
-        cached_tid = t = (pid_t)syscall(SYS_gettid);
-    return t;
+    return mproc__tid_cache = (pid_t)syscall(SYS_gettid);
 }
 
 /* The forking thread is the only one in the child, with a new id. */
 void mproc__tid_reset_after_fork(void)
 {
-    cached_tid = 0;
+    mproc__tid_cache = 0;
 }
 
 int mproc__random_bytes(void *buf, size_t len)

@@ -87,8 +87,15 @@ int mproc__futex_wait(const uint32_t *addr, uint32_t val, int64_t deadline_ns);
 /* Wake up to n sleepers on addr. */
 void mproc__futex_wake(const uint32_t *addr, int n);
 
-/* The calling thread's id, cached per thread (reset in fork children). */
-pid_t mproc__tid(void);
+/* The calling thread's id, cached per thread (reset in fork children):
+ * the owner of a lock, checked on every release. */
+extern _Thread_local pid_t mproc__tid_cache __attribute__((tls_model("initial-exec")));
+pid_t mproc__tid_slow(void);
+static inline pid_t mproc__tid(void)
+{
+    pid_t t = mproc__tid_cache;
+    return __builtin_expect(t != 0, 1) ? t : mproc__tid_slow();
+}
 void mproc__tid_reset_after_fork(void);
 
 /* Fill buf with unpredictable bytes (getrandom, else /dev/urandom). */
