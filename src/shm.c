@@ -813,7 +813,8 @@ size_t mproc_shm_object_size(const mproc_shm_t *shm, const void *ptr)
         return 0;
     /* Unlocked read of an immutable field of a live object. */
     const block_t *b = (const block_t *)(p - BLOCK_HDR);
-    return b->magic == BLOCK_MAGIC && b->used ? (size_t)b->payload : 0;
+    return b->magic == BLOCK_MAGIC && __atomic_load_n(&b->used, __ATOMIC_ACQUIRE) ? (size_t)b->payload
+                                                                                 : 0;
 }
 
 /* ---- typed arrays -------------------------------------------------------------- */

@@ -57,7 +57,7 @@ enum { LOCK_OK = 0, LOCK_INCONSISTENT = 1, LOCK_UNRECOVERABLE = 2 };
 struct mproc_lock {
     _Atomic uint32_t word; /* the futex word, offset 0                   */
     uint32_t count;        /* rlock: recursion depth                      */
-    uint32_t state;        /* LOCK_*, changed by the holder only          */
+    _Atomic uint32_t state; /* LOCK_*, changed by the holder only         */
     uint32_t recursive;
     uint32_t spare[2];
     void *prev, *next; /* robust list links, as pthread_mutex_t's     */
@@ -144,7 +144,7 @@ static void pending(struct robust_head *h, struct mproc_lock *l)
 /* How long a contended acquire spins before it sleeps, in pause loops
  * (~40 ns each here). Sleeping costs a wake-up of ~25-50 us across CPUs on
  * this kind of VM; a holder usually keeps the lock for far less. */
-#define LOCK_SPINS 100
+#define LOCK_SPINS 300
 
 static inline void cpu_relax(void)
 {
@@ -788,7 +788,7 @@ int mproc_barrier_is_broken(mproc_barrier_t *b)
 {
     if (!b)
         return -EINVAL;
-    return __atomic_load_n(&b->broken, __ATOMIC_ACQUIRE) ? 1 : 0;
+    return atomic_load(&b->broken) ? 1 : 0;
 }
 
 unsigned mproc_barrier_parties(const mproc_barrier_t *b)
