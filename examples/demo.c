@@ -1,6 +1,7 @@
 /*
  * demo.c - what `make demo` runs: mproc's start methods and the fork
- * pitfalls it removes, each shown in a few lines of output.
+ * pitfalls it removes (P2, P3, P4, P7, P8, P9, P11, P13), each shown in a
+ * few lines of output.
  *
  * Every child reports back through a pipe handed over with
  * mproc_process_pass_fd, and the parent checks what it reads: the demo exits
@@ -523,6 +524,218 @@ static void step_pidfd(void)
     finish(p, &code);
 }
 
+/* ---- steps 6 and 7: robust locks (P8, P9) and the tracker (P7) ----------- */
+
+#define COUNTER_WORKERS 4
+#define COUNTER_LOOPS 20000
+#define VICTIM_AT 1000 /* the victim is killed holding the lock here */
+
+/* What a counter worker is told: the segment, and whether to be the victim. */
+typedef struct {
+    mproc_shm_ref_t shm;
+    int report_fd;
+    int victim;
+} counter_job_t;
+
+/* Step 6: add to a pair of counters that must stay equal (a, b) under the
+ * lock. The victim stops half-way through an update, holding the lock, and
+ * says so; the parent SIGKILLs it. */
+static int count_under_lock(const void *arg, size_t len)
+{
+    counter_job_t job;
+    if (len != sizeof job)
+        return 2;
+    memcpy(&job, arg, sizeof job);
+    mproc_shm_t *shm;
+    mproc_lock_t *lock;
+    int64_t *pair, *recoveries;
+    if (mproc_shm_attach(&shm, &job.shm) < 0 || mproc_lock_open(shm, "lock", &lock) < 0 ||
+        mproc_array_open(shm, "pair", MPROC_INT64, (void **)&pair, NULL) < 0 ||
+        mproc_array_open(shm, "recoveries", MPROC_INT64, (void **)&recoveries, NULL) < 0)
+        return 3;
+    for (int i = 0; i < COUNTER_LOOPS; i++) {
+        int rc = mproc_lock_acquire(lock, 10000);
+        if (rc == -EOWNERDEAD) {
+            /* The holder died mid-update: undo its half (a ran ahead). */
+            pair[0] = pair[1];
+            recoveries[0]++;
+            mproc_lock_consistent(lock);
+        } else if (rc < 0) {
+            return 4;
+        }
+        pair[0]++;
+        if (job.victim && i == VICTIM_AT) {
+            char c = 'h'; /* "holding the lock, invariant broken" */
+            if (write(job.report_fd, &c, 1) != 1)
+                return 5;
+            sleep(60); /* bounded even if nobody kills us */
+            return 6;
+        }
+        pair[1]++;
+        mproc_lock_release(lock);
+    }
+    mproc_shm_close(shm);
+    return 0;
+}
+
+static void step_robust_lock(void)
+{
+    printf("\n6. A lock whose holder is SIGKILLed (P8, P9). %d workers (forkserver) add to a\n"
+           "   pair of counters that must stay equal, %d times each, under one lock in a\n"
+           "   named segment; one of them is killed holding the lock, half-way through.\n",
+           COUNTER_WORKERS, COUNTER_LOOPS);
+    fflush(stdout);
+    mproc_shm_t *shm = NULL;
+    mproc_lock_t *lock;
+    int64_t *pair, *recoveries;
+    int rc = mproc_shm_create_named(&shm, 64 * 1024, NULL);
+    if (rc == 0)
+        rc = mproc_lock_create(shm, "lock", &lock);
+    if (rc == 0)
+        rc = mproc_array_create(shm, "pair", MPROC_INT64, 2, (void **)&pair);
+    if (rc == 0)
+        rc = mproc_array_create(shm, "recoveries", MPROC_INT64, 1, (void **)&recoveries);
+    int pfd[2] = {-1, -1};
+    if (rc == 0 && pipe2(pfd, O_CLOEXEC) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        printf("   setup failed: %s\n", mproc_strerror(rc));
+        g_failures++;
+        mproc_shm_close(shm);
+        return;
+    }
+    printf("   segment /dev/shm/mproc-%s (0600)\n", mproc_shm_name(shm));
+
+    mproc_process_t *w[COUNTER_WORKERS] = {0};
+    for (int i = 0; i < COUNTER_WORKERS; i++) {
+        counter_job_t job = {.report_fd = pfd[1], .victim = i == 0};
+        mproc_shm_ref(shm, &job.shm);
+        mproc_process_opts_t opts = {.name = i == 0 ? "demo-victim" : "demo-counter"};
+        rc = mproc_process_create(&w[i], count_under_lock, &job, sizeof job, &opts);
+        if (rc == 0)
+            rc = mproc_process_pass_shm(w[i], shm);
+        if (rc == 0)
+            rc = mproc_process_pass_fd(w[i], pfd[1]);
+        if (rc == 0)
+            rc = mproc_process_start(w[i]);
+        if (rc < 0) {
+            printf("   worker %d did not start: %s\n", i, mproc_strerror(rc));
+            g_failures++;
+        }
+    }
+    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+    char c = 0;
+    int holding = poll(&p, 1, REPORT_MS) == 1 && read(pfd[0], &c, 1) == 1 && c == 'h';
+    expect(holding, "the victim reports it holds the lock with the counters unequal");
+    mproc_process_kill(w[0]);
+    int codes[COUNTER_WORKERS];
+    for (int i = 0; i < COUNTER_WORKERS; i++) {
+        codes[i] = -1;
+        if (w[i])
+            finish(w[i], &codes[i]);
+    }
+    printf("   victim exit code %d (SIGKILL), the others: %d %d %d\n", codes[0], codes[1], codes[2],
+           codes[3]);
+    expect(codes[0] == -SIGKILL && codes[1] == 0 && codes[2] == 0 && codes[3] == 0,
+           "the victim died by SIGKILL, the other workers finished");
+    int64_t want = (int64_t)(COUNTER_WORKERS - 1) * COUNTER_LOOPS + VICTIM_AT;
+    printf("   a = %lld, b = %lld (expected %lld), recoveries with EOWNERDEAD: %lld\n",
+           (long long)pair[0], (long long)pair[1], (long long)want, (long long)recoveries[0]);
+    expect(pair[0] == want && pair[1] == want && recoveries[0] == 1,
+           "the next acquirer got EOWNERDEAD, repaired the pair, and no update was lost");
+    close(pfd[0]);
+    close(pfd[1]);
+    mproc_shm_unlink(shm);
+    mproc_shm_close(shm);
+}
+
+/* Step 7: create a named segment, say its name, wait to be killed. */
+static int create_and_wait(const void *arg, size_t len)
+{
+    int fd;
+    if (len != sizeof fd)
+        return 2;
+    memcpy(&fd, arg, sizeof fd);
+    mproc_shm_t *shm;
+    if (mproc_shm_create_named(&shm, 4096, NULL) < 0)
+        return 3;
+    char name[MPROC_NAME_MAX + 1];
+    snprintf(name, sizeof name, "%s", mproc_shm_name(shm));
+    if (write(fd, name, sizeof name) != (ssize_t)sizeof name)
+        return 4;
+    sleep(60); /* bounded even if nobody kills us */
+    return 5;
+}
+
+struct clean_seen {
+    const char *path;
+    int found;
+};
+
+static void note_clean(void *ctx, const char *path)
+{
+    struct clean_seen *seen = ctx;
+    if (strcmp(path, seen->path) == 0)
+        seen->found = 1;
+}
+
+static void step_tracker(void)
+{
+    printf("\n7. Shared memory of a SIGKILLed process (P7). A spawned child creates a named\n"
+           "   segment and is killed before it can unlink it.\n");
+    fflush(stdout);
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        g_failures++;
+        return;
+    }
+    mproc_process_t *p = NULL;
+    mproc_process_opts_t opts = {.name = "demo-creator", .method = MPROC_START_SPAWN};
+    int rc = mproc_process_create(&p, create_and_wait, &pfd[1], sizeof pfd[1], &opts);
+    if (rc == 0)
+        rc = mproc_process_pass_fd(p, pfd[1]);
+    if (rc == 0)
+        rc = mproc_process_start(p);
+    char name[MPROC_NAME_MAX + 1] = "";
+    struct pollfd pl = {.fd = pfd[0], .events = POLLIN};
+    if (rc == 0 && poll(&pl, 1, REPORT_MS) == 1 &&
+        read(pfd[0], name, sizeof name) == (ssize_t)sizeof name)
+        name[MPROC_NAME_MAX] = '\0';
+    char path[128];
+    snprintf(path, sizeof path, "/dev/shm/mproc-%s", name);
+    int existed = name[0] && access(path, F_OK) == 0;
+    printf("   child created %s: %s\n", path, existed ? "present" : "missing");
+    expect(existed, "the child's segment exists while it runs");
+    int code = -1;
+    if (p) {
+        mproc_process_kill(p);
+        finish(p, &code);
+    }
+    /* The tracker hears of the death through a pidfd: wait (bounded) for
+     * the unlink it does asynchronously. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double ms = 0;
+    while (access(path, F_OK) == 0 && ms < 2000) {
+        struct timespec tick = {0, 1000000};
+        nanosleep(&tick, NULL);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    }
+    int gone = access(path, F_OK) != 0;
+    printf("   killed (exit code %d); %s %s by the child's resource tracker after %.1f ms\n", code,
+           path, gone ? "unlinked" : "still there", ms);
+    expect(existed && gone, "the tracker unlinked the dead child's segment");
+    /* Other programs' leftovers may exist on this machine: only ours counts. */
+    struct clean_seen seen = {path, 0};
+    int left = mproc_clean(MPROC_CLEAN_DRY_RUN, note_clean, &seen);
+    printf("   `mproc clean --dry-run` lists %d abandoned segment(s), ours %s\n",
+           left < 0 ? 0 : left, seen.found ? "among them" : "not among them");
+    expect(!seen.found, "nothing of ours is left for mproc clean");
+    close(pfd[0]);
+    close(pfd[1]);
+}
+
 /* The safety net behind the per-step timeouts: never outstay a minute. */
 static void on_alarm(int sig)
 {
@@ -582,8 +795,11 @@ int main(int argc, char **argv)
     step_threads();
     step_stdio();
     step_pidfd();
+    step_robust_lock();
+    step_tracker();
 
     mproc_forkserver_stop();
+    mproc_tracker_stop(JOIN_MS);
     close(report_rd);
     close(report_wr);
     clock_gettime(CLOCK_MONOTONIC, &t1);
