@@ -93,8 +93,8 @@ int mproc__shm_reclaim(const char *file, uint64_t dev, uint64_t ino, int dry_run
     char path[300];
     snprintf(path, sizeof path, MPROC__SHM_DIR "/%s", file);
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : -errno;
+    if (fd < 0) /* gone, or another user's: not ours to judge */
+        return errno == ENOENT || errno == EACCES || errno == EPERM ? 0 : -errno;
     int rc = 0;
     struct stat st;
     if (fstat(fd, &st) < 0)
