@@ -565,7 +565,8 @@ int mproc_lock_release(mproc_lock_t *lock);
 int mproc_lock_consistent(mproc_lock_t *lock);
 
 /* rlock: recursive, owned by a (process, thread); released as many times as
- * acquired. Robust like lock (-EOWNERDEAD, mproc_rlock_consistent). */
+ * acquired (-EOVERFLOW past 2^32 - 1 levels). Robust like lock
+ * (-EOWNERDEAD, mproc_rlock_consistent). */
 typedef struct mproc_rlock mproc_rlock_t;
 int mproc_rlock_create(mproc_shm_t *shm, const char *name, mproc_rlock_t **out);
 int mproc_rlock_open(mproc_shm_t *shm, const char *name, mproc_rlock_t **out);
@@ -652,16 +653,21 @@ unsigned mproc_barrier_n_waiting(const mproc_barrier_t *b);
  * children create or open, and unlinks each one whose users have all died
  * without unlinking it, SIGKILL included (P7). A segment still mapped by a
  * live process, of this tree or not, is never unlinked. It starts with the
- * first named segment (or with mproc_tracker_start), ignores SIGINT,
- * SIGTERM and SIGHUP, sweeps and exits once no process holds its line.
+ * first named segment (or with mproc_tracker_start) and ignores SIGINT,
+ * SIGTERM and SIGHUP. A fork child shares its parent's tracker; a spawn or
+ * forkserver child starts its own if it creates or opens a named segment.
+ * Once no process holds its line, it reclaims what is unused and exits
+ * when what is left has been reclaimed too (it re-checks segments still
+ * used by processes it does not watch every 250 ms).
  */
 int mproc_tracker_start(void);
 /* The tracker's pid, 0 if none is known to this process. */
 pid_t mproc_tracker_pid(void);
 /*
  * Let go of the tracker: it sweeps and exits once no other process holds
- * it. If this process started it, wait for that (timeout_ms; -ETIMEDOUT,
- * and the tracker is then left to finish alone). 0 if there is none.
+ * it and the segments it tracks are unused. If this process started it,
+ * wait for that (timeout_ms; -ETIMEDOUT, and the tracker is then left to
+ * finish alone, and is reaped by the next stop). 0 if there is none.
  */
 int mproc_tracker_stop(int timeout_ms);
 

@@ -44,6 +44,9 @@
 /* A segment file younger than this without a complete header may be being
  * created (the shm_open fallback): leave it. */
 #define YOUNG_S 5
+/* How often a segment whose registrant died, but that is still in use, is
+ * tried again. */
+#define ORPHAN_POLL_MS 250
 
 enum { OP_REGISTER = 1, OP_UNREGISTER = 2 };
 
@@ -103,14 +106,19 @@ int mproc__shm_reclaim(const char *file, uint64_t dev, uint64_t ino, int dry_run
              (dev && ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)))
         rc = 0; /* not the file that was registered */
     else if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-        rc = errno == EWOULDBLOCK ? 0 : -errno; /* in use */
-    else if (segment_state(fd, &st) == 1) {
-        /* Held exclusively: no one can start using it. Unlink the very
-         * file we hold, not whatever the name means now. */
-        struct stat now;
-        rc = stat(path, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino;
-        if (rc && !dry_run && unlink(path) < 0)
-            rc = errno == ENOENT ? 0 : -errno;
+        rc = errno == EWOULDBLOCK ? -EBUSY : -errno; /* in use */
+    else {
+        int state = segment_state(fd, &st);
+        if (state < 0)
+            rc = -EBUSY; /* being created */
+        else if (state == 1) {
+            /* Held exclusively: no one can start using it. Unlink the very
+             * file we hold, not whatever the name means now. */
+            struct stat now;
+            rc = stat(path, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino;
+            if (rc && !dry_run && unlink(path) < 0)
+                rc = errno == ENOENT ? 0 : -errno;
+        }
     }
     close(fd);
     return rc;
@@ -129,6 +137,8 @@ int mproc_clean(unsigned flags, mproc_clean_fn fn, void *ctx)
         if (!file_ok(e->d_name))
             continue;
         int rc = mproc__shm_reclaim(e->d_name, 0, 0, flags & MPROC_CLEAN_DRY_RUN);
+        if (rc == -EBUSY)
+            continue; /* in use, or being created */
         if (rc < 0 && !err)
             err = rc;
         if (rc == 1) {
@@ -186,15 +196,26 @@ static void watch_pid(pid_t pid)
     watches[n_watches++] = (watch_t){pid, fd >= 0 ? fd : -1};
 }
 
-/* pid is gone: reclaim what it registered, forget it. */
+/* Try to reclaim an entry: 1 when it is settled (unlinked, gone, or not
+ * the registered file any more), 0 while someone still uses it. */
+static int settle(const entry_t *e)
+{
+    int rc = mproc__shm_reclaim(e->file, e->dev, e->ino, 0);
+    return rc != -EBUSY;
+}
+
+/* pid is gone: reclaim what it registered. What another process still
+ * uses becomes an orphan (pid 0), retried until its users are gone too. */
 static void on_death(pid_t pid)
 {
     size_t k = 0;
     for (size_t i = 0; i < n_entries; i++) {
-        if (entries[i].pid == pid)
-            mproc__shm_reclaim(entries[i].file, entries[i].dev, entries[i].ino, 0);
-        else
-            entries[k++] = entries[i];
+        if (entries[i].pid == pid) {
+            if (settle(&entries[i]))
+                continue;
+            entries[i].pid = 0;
+        }
+        entries[k++] = entries[i];
     }
     n_entries = k;
     for (size_t i = 0; i < n_watches; i++)
@@ -204,6 +225,31 @@ static void on_death(pid_t pid)
             watches[i] = watches[--n_watches];
             break;
         }
+}
+
+/* Retry the orphans; the number still in use. (Their users may be anyone,
+ * not only processes we watch, so this is a poll.) */
+static size_t retry_orphans(void)
+{
+    size_t k = 0, left = 0;
+    for (size_t i = 0; i < n_entries; i++) {
+        if (entries[i].pid == 0) {
+            if (settle(&entries[i]))
+                continue;
+            left++;
+        }
+        entries[k++] = entries[i];
+    }
+    n_entries = k;
+    return left;
+}
+
+static size_t count_orphans(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < n_entries; i++)
+        n += entries[i].pid == 0;
+    return n;
 }
 
 static void on_message(const track_msg_t *m, pid_t sender)
@@ -303,11 +349,14 @@ static _Noreturn void tracker_serve(int sock)
             else
                 polled++;
         }
-        int rc = poll(pfd, (nfds_t)n, polled ? 200 : -1);
+        int timeout = polled ? 200 : count_orphans() ? ORPHAN_POLL_MS : -1;
+        int rc = poll(pfd, (nfds_t)n, timeout);
         if (rc < 0 && errno != EINTR)
             break;
         if (pfd[0].revents && drain(sock))
             break;
+        if (rc == 0)
+            retry_orphans();
         /* Deaths, by pidfd or (fallback) by polling. Collect first: on_death
          * reorders the watch table. */
         pid_t dead[64];
@@ -324,9 +373,16 @@ static _Noreturn void tracker_serve(int sock)
         for (size_t i = 0; i < nd; i++)
             on_death(dead[i]);
     }
-    /* The line is closed: every holder is gone. Sweep and leave. */
+    /* The line is closed: every holder is gone. What is still in use (by
+     * a process outside the tree, or a spawned child that never held the
+     * line) is retried until its users have gone too. */
+    close(sock);
     for (size_t i = 0; i < n_entries; i++)
-        mproc__shm_reclaim(entries[i].file, entries[i].dev, entries[i].ino, 0);
+        entries[i].pid = 0;
+    while (retry_orphans() > 0) {
+        struct timespec ts = {ORPHAN_POLL_MS / 1000, (ORPHAN_POLL_MS % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     _exit(0);
 }
 
