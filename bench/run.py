@@ -227,8 +227,117 @@ def guard_figures() -> List[Figure]:
     ]
 
 
-# Every figure, in table order. Later figures (lock, queue, pool) go here.
-FIGURES: List[Figure] = start_figures() + guard_figures()
+# ---- sync objects: lock, semaphore, event -------------------------------------
+
+# Operations per program run (full, quick). Uncontended: an acquire+release
+# pair is ~10-20 ns in C and ~35 ns in Python (an Event round ~1.6 µs).
+# Contended: operations per worker per round (5 rounds, 2 workers); Python
+# does ~2.5 M ops/s there. Ping-pong: round trips, ~5 µs each when both
+# processes share a CPU, ~50-60 µs across CPUs, ~150 µs in Python.
+SYNC_ITERATIONS = {
+    "lock": {"mproc": (10_000_000, 2_000_000), "python": (3_000_000, 1_000_000),
+             "raw": (10_000_000, 2_000_000)},
+    "lock-contended": {"mproc": (1_000_000, 300_000), "python": (200_000, 60_000),
+                       "raw": (1_000_000, 300_000)},
+    "sem": {"mproc": (10_000_000, 2_000_000), "python": (3_000_000, 1_000_000),
+            "raw": (10_000_000, 2_000_000)},
+    "event": {"mproc": (10_000_000, 2_000_000), "python": (200_000, 60_000),
+              "raw": (10_000_000, 2_000_000)},
+    "pingpong": {"mproc": (20_000, 5_000), "python": (5_000, 1_500),
+                 "raw": (20_000, 5_000)},
+}
+
+
+def sync_figures() -> List[Figure]:
+    bench = "{bench_bin}/bench_sync"
+    py = ("{python}", "{bench_src}/py_sync.py")
+    n = SYNC_ITERATIONS
+
+    def cmds(what: str, mproc_mode: str, raw_mode: str):
+        return dict(
+            mproc=Command((bench, mproc_mode, "{n}"), *n[what]["mproc"]),
+            python=Command(py + (what, "{n}"), *n[what]["python"]),
+            raw=Command((bench, raw_mode, "{n}"), *n[what]["raw"]),
+        )
+
+    def raw_only(what: str, raw_mode: str):
+        return dict(mproc=None, python=None, raw=Command((bench, raw_mode, "{n}"), *n[what]["raw"]))
+
+    def vs_raw(key: str, limit: float, what: str, raw_key: Optional[str] = None) -> Target:
+        return Target(
+            f"mproc ≤{limit:g}× {what}", cost_ratio(key, "mproc", raw_key or key, "raw"), limit
+        )
+
+    def py_speedup(key: str, limit: float) -> Target:
+        return Target(
+            f"Python/mproc ≥{limit:g}×", cost_ratio(key, "python", key, "mproc"), limit, True
+        )
+
+    lu, lc = "lock.uncontended", "lock.contended"
+    su, eu, ep = "sem.uncontended", "event.uncontended", "event.pingpong"
+    return [
+        Figure(
+            key=lu,
+            title="lock uncontended, acquire+release (raw: robust pthread)",
+            **cmds("lock", "mproc-lock", "raw-pthread-lock"),
+            targets=(vs_raw(lu, 1.0, "robust pthread"), py_speedup(lu, 3)),
+            metric="median_ns",
+            unit="ns",
+        ),
+        Figure(
+            key=lu + ".futex",
+            title="lock uncontended, raw non-robust futex floor",
+            **raw_only("lock", "raw-futex-lock"),
+            targets=(vs_raw(lu, 2.0, "non-robust futex", lu + ".futex"),),
+            metric="median_ns",
+            unit="ns",
+        ),
+        Figure(
+            key=lc,
+            title="lock contended, 2 processes (raw: robust pthread)",
+            **cmds("lock-contended", "mproc-lock-contended", "raw-pthread-lock-contended"),
+            targets=(vs_raw(lc, 1.0, "robust pthread"), py_speedup(lc, 10)),
+            metric="median_ns",
+            unit="ns/op",
+        ),
+        Figure(
+            key=lc + ".futex",
+            title="lock contended, raw non-robust futex floor",
+            **raw_only("lock-contended", "raw-futex-lock-contended"),
+            targets=(vs_raw(lc, 2.0, "non-robust futex", lc + ".futex"),),
+            metric="median_ns",
+            unit="ns/op",
+        ),
+        Figure(
+            key=su,
+            title="semaphore uncontended, acquire+release",
+            **cmds("sem", "mproc-sem", "raw-sem"),
+            targets=(vs_raw(su, 1.2, "sem_t"), py_speedup(su, 3)),
+            metric="median_ns",
+            unit="ns",
+        ),
+        Figure(
+            key=eu,
+            title="event set+wait+clear+is_set",
+            **cmds("event", "mproc-event", "raw-event"),
+            targets=(vs_raw(eu, 1.2, "futex flag"), py_speedup(eu, 3)),
+            metric="median_ns",
+            unit="ns",
+        ),
+        Figure(
+            key=ep,
+            title="event ping-pong, 2 processes",
+            **cmds("pingpong", "mproc-pingpong", "raw-pingpong"),
+            targets=(vs_raw(ep, 1.2, "futex flags"), py_speedup(ep, 3)),
+            metric="median_per_s",
+            unit="round trips/s",
+            lower_is_better=False,
+        ),
+    ]
+
+
+# Every figure, in table order. Later figures (queue, pool) go here.
+FIGURES: List[Figure] = start_figures() + guard_figures() + sync_figures()
 
 
 # --------------------------------------------------------------------------
