@@ -13,6 +13,7 @@
 #include "platform.h"
 
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -133,11 +134,11 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
 /*
  * The exec part alone: posix_spawn this executable with env_entry
  * ("NAME=value") added to our environment, fds 0-2 and keep[] only, every
- * signal at its default. *child_closes: the child must close stray fds
- * itself (no closefrom here).
+ * signal at its default, those in *blocked (NULL: none) blocked.
+ * *child_closes: the child must close stray fds itself (no closefrom here).
  */
-int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, pid_t *pid,
-                      int *child_closes);
+int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, const sigset_t *blocked,
+                      pid_t *pid, int *child_closes);
 /* In mproc_init: 1 and the request if this process is a spawn child, 0 if
  * not. The request socket is returned in *sock. */
 int mproc__spawn_receive(mproc__request_t *req, void **buf, int *sock);
@@ -179,7 +180,8 @@ typedef struct {
     uint8_t id[16]; /* random: tells segments apart  */
     uint32_t ready; /* set last when created         */
     uint32_t arena_broken;
-    uint64_t arena_lock[8]; /* a robust pthread mutex (40 bytes on glibc) */
+    uint64_t arena_lock[8];        /* a robust pthread mutex (40 bytes on glibc) */
+    char name[MPROC_NAME_MAX + 1]; /* named segments: the name it was created with */
 } mproc__shm_header_t;
 
 /*

@@ -162,6 +162,8 @@ static int map(mproc_shm_t *shm, size_t total)
 static int format(mproc_shm_t *shm)
 {
     mproc__shm_header_t *h = header(shm);
+    if (shm->name)
+        snprintf(h->name, sizeof h->name, "%s", shm->name);
     h->version = MPROC__SHM_VERSION;
     h->header_size = MPROC__SHM_HEADER;
     h->total = shm->total;
@@ -496,19 +498,13 @@ int mproc_shm_attach(mproc_shm_t **out, const mproc_shm_ref_t *ref)
     }
     shm->dev = (uint64_t)st.st_dev;
     shm->ino = (uint64_t)st.st_ino;
-    if (st.st_nlink > 0) {
-        /* A named segment: find its name for mproc_shm_name (best effort:
-         * the handle works without it). */
-        char link[64], target[MPROC__MAX_PATH];
-        snprintf(link, sizeof link, "/proc/self/fd/%d", shm->fd);
-        ssize_t n = readlink(link, target, sizeof target - 1);
-        const char *pre = MPROC__SHM_DIR "/" MPROC__SHM_PREFIX;
-        if (n > 0) {
-            target[n] = '\0';
-            if (strncmp(target, pre, strlen(pre)) == 0 && name_ok(target + strlen(pre)))
-                shm->name = strdup(target + strlen(pre));
-        }
-    }
+    /* A named segment: its name is in the header (the fd's own path does
+     * not tell: a segment made with O_TMPFILE keeps its unnamed dentry). */
+    char name[MPROC_NAME_MAX + 1];
+    memcpy(name, header(shm)->name, sizeof name);
+    name[MPROC_NAME_MAX] = '\0';
+    if (name_ok(name))
+        shm->name = strdup(name);
     publish(shm);
     *out = shm;
     return 0;
@@ -813,8 +809,9 @@ size_t mproc_shm_object_size(const mproc_shm_t *shm, const void *ptr)
         return 0;
     /* Unlocked read of an immutable field of a live object. */
     const block_t *b = (const block_t *)(p - BLOCK_HDR);
-    return b->magic == BLOCK_MAGIC && __atomic_load_n(&b->used, __ATOMIC_ACQUIRE) ? (size_t)b->payload
-                                                                                 : 0;
+    return b->magic == BLOCK_MAGIC && __atomic_load_n(&b->used, __ATOMIC_ACQUIRE)
+               ? (size_t)b->payload
+               : 0;
 }
 
 /* ---- typed arrays -------------------------------------------------------------- */

@@ -136,8 +136,8 @@ static void kill_and_reap(pid_t pid, int pidfd, int leaving)
     mproc__reap(pid, pidfd, 1, &code);
 }
 
-int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, pid_t *pid_out,
-                      int *child_closes)
+int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, const sigset_t *blocked,
+                      pid_t *pid_out, int *child_closes)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -156,7 +156,7 @@ int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, pid_
     if (rc == 0)
         rc = -posix_spawnattr_setsigdefault(&attr, &def);
     if (rc == 0)
-        rc = -posix_spawnattr_setsigmask(&attr, &none);
+        rc = -posix_spawnattr_setsigmask(&attr, blocked ? blocked : &none);
     if (rc == 0)
         rc = -posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
 
@@ -192,7 +192,7 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
     snprintf(entry, sizeof entry, SPAWN_ENV "=%d:%ld", sv[1], (long)getpid());
     pid_t pid = -1;
     int child_closes;
-    int rc = mproc__spawn_exec(entry, all, nall, &pid, &child_closes);
+    int rc = mproc__spawn_exec(entry, all, nall, NULL, &pid, &child_closes);
     if (child_closes)
         req->flags |= MPROC__F_CLOSE_FDS;
     close(sv[1]);

@@ -55,8 +55,8 @@ static inline int64_t deadline_of(int timeout_ms)
 enum { LOCK_OK = 0, LOCK_INCONSISTENT = 1, LOCK_UNRECOVERABLE = 2 };
 
 struct mproc_lock {
-    _Atomic uint32_t word; /* the futex word, offset 0                   */
-    uint32_t count;        /* rlock: recursion depth                      */
+    _Atomic uint32_t word;  /* the futex word, offset 0                   */
+    uint32_t count;         /* rlock: recursion depth                      */
     _Atomic uint32_t state; /* LOCK_*, changed by the holder only         */
     uint32_t recursive;
     uint32_t spare[2];

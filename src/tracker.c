@@ -328,6 +328,9 @@ static _Noreturn void tracker_serve(int sock)
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL); /* blocked at spawn until now */
     if (chdir("/") < 0) {
         /* harmless: only keeps a directory busy */
     }
@@ -489,7 +492,14 @@ static int start_locked(void)
     snprintf(entry, sizeof entry, TRACKER_ENV "=%d:%ld", sv[1], (long)getpid());
     pid_t pid;
     int child_closes;
-    int rc = mproc__spawn_exec(entry, &sv[1], 1, &pid, &child_closes);
+    /* Blocked from birth, ignored before they are unblocked: a Ctrl-C that
+     * lands while the tracker is still starting cannot kill it. */
+    sigset_t blocked;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGHUP);
+    int rc = mproc__spawn_exec(entry, &sv[1], 1, &blocked, &pid, &child_closes);
     close(sv[1]);
     if (rc < 0) {
         close(sv[0]);
