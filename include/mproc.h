@@ -656,18 +656,18 @@ unsigned mproc_barrier_n_waiting(const mproc_barrier_t *b);
  * first named segment (or with mproc_tracker_start) and ignores SIGINT,
  * SIGTERM and SIGHUP. A fork child shares its parent's tracker; a spawn or
  * forkserver child starts its own if it creates or opens a named segment.
- * Once no process holds its line, it reclaims what is unused and exits
- * when what is left has been reclaimed too (it re-checks segments still
- * used by processes it does not watch every 250 ms).
+ * Once no process holds its line, it reclaims what is unused and exits;
+ * segments still in use by processes it does not watch are left to a copy
+ * of it that re-checks them every 250 ms until they are reclaimed.
  */
 int mproc_tracker_start(void);
 /* The tracker's pid, 0 if none is known to this process. */
 pid_t mproc_tracker_pid(void);
 /*
  * Let go of the tracker: it sweeps and exits once no other process holds
- * it and the segments it tracks are unused. If this process started it,
- * wait for that (timeout_ms; -ETIMEDOUT, and the tracker is then left to
- * finish alone, and is reaped by the next stop). 0 if there is none.
+ * its line. If this process started it, wait for that (timeout_ms;
+ * -ETIMEDOUT, and the tracker is then left to finish alone and is reaped
+ * by the next stop). 0 if there is none.
  */
 int mproc_tracker_stop(int timeout_ms);
 

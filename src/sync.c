@@ -555,8 +555,13 @@ int mproc_condition_wait(mproc_condition_t *c, int timeout_ms)
     uint32_t seq = atomic_load(&c->seq);
     c->waiters++;
     lock_give(lock);
-    /* A notify between the unlock and the sleep changed seq: no sleep. */
-    int rc = mproc__futex_wait((const uint32_t *)&c->seq, seq, deadline);
+    /* A notify between the unlock and the sleep changed seq: no sleep.
+     * Every notify changes seq, so an unchanged one after a return means
+     * a signal interrupted the sleep: sleep on, to the same deadline. */
+    int rc;
+    do
+        rc = mproc__futex_wait((const uint32_t *)&c->seq, seq, deadline);
+    while (rc == 0 && atomic_load(&c->seq) == seq);
     int lrc = lock_take(lock, -1);
     if (lrc < 0 && lrc != -EOWNERDEAD)
         return lrc; /* -ENOTRECOVERABLE: the lock is not held */
@@ -717,7 +722,9 @@ int mproc_barrier_wait(mproc_barrier_t *b, int timeout_ms)
     if (!b)
         return -EINVAL;
     int64_t deadline = mproc__deadline_ns(timeout_ms);
-    int rc = barrier_lock(b, timeout_ms == 0 ? -1 : deadline);
+    /* The internal lock is held for a few instructions at a time (a dead
+     * holder is EOWNERDEAD at once): the timeout is for the other parties. */
+    int rc = barrier_lock(b, -1);
     if (rc < 0)
         return rc;
     if (b->broken) {

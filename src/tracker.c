@@ -382,6 +382,10 @@ static _Noreturn void tracker_serve(int sock)
     close(sock);
     for (size_t i = 0; i < n_entries; i++)
         entries[i].pid = 0;
+    /* Whoever waits for us (mproc_tracker_stop) should not wait for other
+     * programs to let go: a copy of us keeps retrying, we leave now. */
+    if (retry_orphans() > 0 && fork() > 0)
+        _exit(0); /* (if fork fails, we keep retrying ourselves) */
     while (retry_orphans() > 0) {
         struct timespec ts = {ORPHAN_POLL_MS / 1000, (ORPHAN_POLL_MS % 1000) * 1000000L};
         nanosleep(&ts, NULL);
