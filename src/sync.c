@@ -661,7 +661,7 @@ struct mproc_barrier {
     _Atomic uint32_t gen; /* the futex word */
     uint32_t parties;
     _Atomic uint32_t count;       /* arrived in this generation */
-    uint32_t broken;              /* until reset                */
+    _Atomic uint32_t broken;      /* until reset                */
     _Atomic uint64_t broken_gens; /* bit g%64: generation g ended broken */
 };
 
