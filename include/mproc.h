@@ -412,8 +412,8 @@ int mproc_on_child_exit(mproc_atfork_fn fn, void *ctx);
  *    the same user opens them by name. A NULL name gives an unpredictable
  *    one (96 random bits); chosen names are for rendezvous between
  *    processes that cannot be told a name. The resource tracker unlinks a
- *    named segment once every process using it has died without unlinking
- *    it (docs/tracker.md); call mproc_shm_unlink when done with it.
+ *    named segment whose creator died without unlinking it, once no
+ *    process uses it (docs/tracker.md); call mproc_shm_unlink when done.
  *
  * A mproc_shm_t is this process's handle: its mapping and its fd, which
  * must stay open while the segment is in use (its lock is how the tracker
@@ -650,12 +650,13 @@ unsigned mproc_barrier_n_waiting(const mproc_barrier_t *b);
 /*
  * The tracker is a helper process (a spawn of this executable, taking over
  * before main) that learns every named segment this process and its fork
- * children create or open, and unlinks each one whose users have all died
- * without unlinking it, SIGKILL included (P7). A segment still mapped by a
- * live process, of this tree or not, is never unlinked. It starts with the
- * first named segment (or with mproc_tracker_start) and ignores SIGINT,
- * SIGTERM and SIGHUP. A fork child shares its parent's tracker; a spawn or
- * forkserver child starts its own if it creates or opens a named segment.
+ * children create, and unlinks each one whose creator died without
+ * unlinking it (SIGKILL included, P7) once no process uses it any more. A
+ * segment still mapped by a live process, of this tree or not, is never
+ * unlinked; one whose creator lives is left to the creator. It starts with the
+ * first named segment created (or with mproc_tracker_start) and ignores
+ * SIGINT, SIGTERM and SIGHUP. A fork child shares its parent's tracker; a
+ * spawn or forkserver child starts its own if it creates a named segment.
  * Once no process holds its line, it reclaims what is unused and exits;
  * segments still in use by processes it does not watch are left to a copy
  * of it that re-checks them every 250 ms until they are reclaimed.

@@ -433,9 +433,8 @@ int mproc_shm_open(mproc_shm_t **out, const char *name)
         destroy(shm);
         return rc;
     }
-    int trc = mproc__tracker_register(file, shm->dev, shm->ino);
-    if (trc < 0)
-        mproc__log(MPROC_LOG_WARN, "segment %s is not tracked: %s", name, mproc_strerror(trc));
+    /* Not registered: the creator's tracker owns the segment's fate, and
+     * this handle's lock keeps it from reclaiming it while we use it. */
     publish(shm);
     *out = shm;
     return 0;

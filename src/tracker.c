@@ -3,10 +3,14 @@
  *
  * A named segment outlives every process that uses it unless someone
  * unlinks it; a process killed by a signal never does. The tracker is a
- * helper process that hears of every named segment created or opened by
- * the processes holding its line (the process that started it and its fork
- * children, which inherit the line), watches each of them through a pidfd,
- * and when one dies, reclaims what it had registered. Reclaiming never
+ * helper process that hears of every named segment created by the
+ * processes holding its line (the process that started it and its fork
+ * children, which inherit the line), watches each creator through a pidfd,
+ * and when one dies, reclaims what it created. A segment still in use then
+ * (by a child it was handed to, or a program that opened it by name) is
+ * retried until its last user is gone. Openers do not register: while the
+ * creator lives, the segment is the creator's to unlink, however many
+ * openers come and go. Reclaiming never
  * trusts the tracker's own counts: it unlinks a segment only if it can take
  * the exclusive flock, which no live user allows (see shm.c). So a segment
  * another program still maps (cpython#82300) is safe, and a wrong count
@@ -384,6 +388,12 @@ static _Noreturn void tracker_serve(int sock)
         entries[i].pid = 0;
     /* Whoever waits for us (mproc_tracker_stop) should not wait for other
      * programs to let go: a copy of us keeps retrying, we leave now. */
+    /* The last holder of the line may still be closing its other fds (and
+     * releasing its segment locks): a few ms of grace before forking. */
+    for (int i = 0; i < 10 && retry_orphans() > 0; i++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
     if (retry_orphans() > 0 && fork() > 0)
         _exit(0); /* (if fork fails, we keep retrying ourselves) */
     while (retry_orphans() > 0) {
