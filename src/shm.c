@@ -387,6 +387,43 @@ static int check_header(const mproc__shm_header_t *h, size_t size)
     return 0;
 }
 
+/* How long an opener waits for a segment another process is still
+ * creating (only the shm_open fallback lets anyone see one). */
+#define CREATING_WAIT_MS 2000
+
+/* One attempt at opening; -EAGAIN while the file is still being created. */
+static int open_once(mproc_shm_t *shm, const char *path)
+{
+    shm->fd = shm_open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (shm->fd < 0)
+        return -errno;
+    int rc = lock_shared(shm->fd);
+    struct stat st;
+    if (rc == 0 && fstat(shm->fd, &st) < 0)
+        rc = -errno;
+    if (rc < 0)
+        return rc;
+    if (st.st_nlink == 0)
+        return -ENOENT; /* reclaimed while we waited for the lock */
+    if (!S_ISREG(st.st_mode))
+        return MPROC_ETYPE;
+    if (st.st_uid != geteuid())
+        return -EPERM;
+    shm->dev = (uint64_t)st.st_dev;
+    shm->ino = (uint64_t)st.st_ino;
+    int young = time(NULL) - st.st_ctime < 5;
+    if ((uint64_t)st.st_size < MPROC__SHM_HEADER + BLOCK_HDR || (uint64_t)st.st_size > SIZE_MAX / 2)
+        return young && st.st_size == 0 ? -EAGAIN : MPROC_ETYPE;
+    rc = map(shm, (size_t)st.st_size);
+    if (rc == 0)
+        rc = check_header(header(shm), shm->total);
+    if (rc == MPROC_ETYPE && young &&
+        (header(shm)->magic == 0 || (header(shm)->magic == MPROC__SHM_MAGIC &&
+                                     !__atomic_load_n(&header(shm)->ready, __ATOMIC_ACQUIRE))))
+        rc = -EAGAIN; /* its creator is still formatting it */
+    return rc;
+}
+
 int mproc_shm_open(mproc_shm_t **out, const char *name)
 {
     if (!out)
@@ -394,37 +431,26 @@ int mproc_shm_open(mproc_shm_t **out, const char *name)
     *out = NULL;
     if (!name_ok(name))
         return -EINVAL;
-    mproc_shm_t *shm = new_handle();
-    if (!shm)
-        return -ENOMEM;
     char file[MPROC_NAME_MAX + 16], path[MPROC_NAME_MAX + 64];
     file_name(file, sizeof file, name);
     snprintf(path, sizeof path, "/%s", file);
-    int rc = 0;
-    shm->fd = shm_open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
-    if (shm->fd < 0)
-        rc = -errno;
-    struct stat st;
-    if (rc == 0)
-        rc = lock_shared(shm->fd);
-    if (rc == 0 && fstat(shm->fd, &st) < 0)
-        rc = -errno;
-    if (rc == 0 && st.st_nlink == 0)
-        rc = -ENOENT; /* reclaimed while we waited for the lock */
-    if (rc == 0 && !S_ISREG(st.st_mode))
-        rc = MPROC_ETYPE;
-    if (rc == 0 && st.st_uid != geteuid())
-        rc = -EPERM;
-    if (rc == 0 && ((uint64_t)st.st_size < MPROC__SHM_HEADER + BLOCK_HDR ||
-                    (uint64_t)st.st_size > SIZE_MAX / 2))
-        rc = MPROC_ETYPE;
-    if (rc == 0)
-        rc = map(shm, (size_t)st.st_size);
-    if (rc == 0)
-        rc = check_header(header(shm), shm->total);
+    int64_t deadline = mproc__deadline(CREATING_WAIT_MS);
+    mproc_shm_t *shm;
+    int rc;
+    for (;;) {
+        shm = new_handle();
+        if (!shm)
+            return -ENOMEM;
+        rc = open_once(shm, path);
+        if (rc != -EAGAIN)
+            break;
+        destroy(shm);
+        if (mproc__remaining_ms(deadline) == 0)
+            return MPROC_ETYPE; /* never finished: not a segment */
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
     if (rc == 0) {
-        shm->dev = (uint64_t)st.st_dev;
-        shm->ino = (uint64_t)st.st_ino;
         shm->name = strdup(name);
         if (!shm->name)
             rc = -ENOMEM;

@@ -771,6 +771,9 @@ static void test_open_races_reclaim(void)
         if (creator_start(&c, MPROC_START_FORK, MODE_BLOCK, NULL) != 0)
             break;
         TU_CHECK_OK(mproc_process_kill(c.p));
+        /* Reaped at once, as a real parent would: without pidfds the
+         * tracker polls kill(pid, 0), which a zombie still passes. */
+        creator_join_killed(&c);
         /* open until it fails or works once (reopening it again and again
          * would keep it in use, and so alive, for ever) */
         for (;;) {
@@ -794,7 +797,6 @@ static void test_open_races_reclaim(void)
             TU_CHECK(wait_gone(c.rep.name, GONE_MS));
             break;
         }
-        creator_join_killed(&c);
         creator_cleanup(&c);
     }
     tu_context(NULL);
