@@ -585,9 +585,9 @@ int mproc_shm_close(mproc_shm_t *shm)
 
 /* ---- the arena --------------------------------------------------------------- */
 
-static block_t *first_block(const mproc_shm_t *shm)
+static unsigned char *arena_start(const mproc_shm_t *shm)
 {
-    return (block_t *)(shm->base + MPROC__SHM_HEADER);
+    return shm->base + MPROC__SHM_HEADER;
 }
 
 static unsigned char *arena_end(const mproc_shm_t *shm)
@@ -595,10 +595,29 @@ static unsigned char *arena_end(const mproc_shm_t *shm)
     return shm->base + shm->total;
 }
 
+/* A block header as another process left it: never trusted for more than
+ * the mapping holds (a size of 0 would make every walk loop for ever). */
+static int block_sane(const mproc_shm_t *shm, const block_t *b)
+{
+    uint64_t room = (uint64_t)(arena_end(shm) - (const unsigned char *)b);
+    return b->magic == BLOCK_MAGIC && b->size >= BLOCK_HDR && b->size % BLOCK_ALIGN == 0 &&
+           b->size <= room && b->payload <= b->size - BLOCK_HDR;
+}
+
+static block_t *first_block(const mproc_shm_t *shm)
+{
+    block_t *b = (block_t *)arena_start(shm);
+    return block_sane(shm, b) ? b : NULL;
+}
+
+/* The next block, or NULL at the end, or at a block that is not sane (the
+ * walk stops there; arena_repair tells the difference under the lock). */
 static block_t *next_block(const mproc_shm_t *shm, const block_t *b)
 {
     unsigned char *n = (unsigned char *)b + b->size;
-    return n < arena_end(shm) ? (block_t *)n : NULL;
+    if (n >= arena_end(shm) || !block_sane(shm, (const block_t *)n))
+        return NULL;
+    return (block_t *)n;
 }
 
 /*
@@ -609,11 +628,10 @@ static block_t *next_block(const mproc_shm_t *shm, const block_t *b)
 static int arena_repair(mproc_shm_t *shm)
 {
     uint64_t prev = 0;
-    unsigned char *p = (unsigned char *)first_block(shm);
+    unsigned char *p = arena_start(shm);
     while (p < arena_end(shm)) {
         block_t *b = (block_t *)p;
-        if (b->magic != BLOCK_MAGIC || b->size < BLOCK_HDR || b->size % BLOCK_ALIGN ||
-            b->size > (uint64_t)(arena_end(shm) - p))
+        if (!block_sane(shm, b))
             return -ENOTRECOVERABLE;
         b->prev_size = prev;
         prev = b->size;
@@ -834,9 +852,8 @@ size_t mproc_shm_object_size(const mproc_shm_t *shm, const void *ptr)
         return 0;
     /* Unlocked read of an immutable field of a live object. */
     const block_t *b = (const block_t *)(p - BLOCK_HDR);
-    return b->magic == BLOCK_MAGIC && __atomic_load_n(&b->used, __ATOMIC_ACQUIRE)
-               ? (size_t)b->payload
-               : 0;
+    return block_sane(shm, b) && __atomic_load_n(&b->used, __ATOMIC_ACQUIRE) ? (size_t)b->payload
+                                                                             : 0;
 }
 
 /* ---- typed arrays -------------------------------------------------------------- */

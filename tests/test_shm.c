@@ -1071,6 +1071,53 @@ static void test_arena_offsets(void)
     TU_CHECK_OK(mproc_shm_close(s));
 }
 
+/* Block headers are written by other processes: a corrupted one (a size
+ * of 0, past the end, a payload bigger than its block) stops a walk and
+ * fails calls cleanly; nothing loops or reads past the mapping. The block
+ * header is the MPROC_SHM_OBJECT_OVERHEAD bytes before an object, its
+ * first field the block size (block_t in src/shm.c). */
+static void test_corrupt_block_headers(void)
+{
+    static const uint64_t bad_sizes[] = {0, 7, UINT64_MAX / 2, UINT64_MAX - 63};
+    for (size_t i = 0; i < sizeof bad_sizes / sizeof bad_sizes[0]; i++) {
+        tu_context("size %llu", (unsigned long long)bad_sizes[i]);
+        mproc_shm_t *s = NULL;
+        TU_REQUIRE_OK(mproc_shm_create(&s, 16 * 1024));
+        void *a = NULL, *b = NULL;
+        TU_CHECK_OK(mproc_shm_alloc(s, 100, "a", &a));
+        TU_CHECK_OK(mproc_shm_alloc(s, 100, "b", &b));
+        if (b) {
+            uint64_t *hdr = (uint64_t *)((unsigned char *)b - MPROC_SHM_OBJECT_OVERHEAD);
+            hdr[0] = bad_sizes[i];
+        }
+        void *p = NULL;
+        TU_CHECK_OK(mproc_shm_find(s, "a", MPROC_OBJ_ANY, &p)); /* before the damage */
+        TU_CHECK_EQ_INT(mproc_shm_find(s, "b", MPROC_OBJ_ANY, &p), -ENOENT);
+        TU_CHECK_EQ_INT(mproc_shm_find(s, "zz", MPROC_OBJ_ANY, &p), -ENOENT);
+        TU_CHECK_EQ_INT(mproc_shm_free(s, b), -EINVAL);
+        TU_CHECK_EQ_INT((long long)mproc_shm_object_size(s, b), 0);
+        int rc = mproc_shm_alloc(s, 64, NULL, &p);
+        TU_CHECK(rc == -ENOMEM || rc == 0);
+        TU_CHECK_OK(mproc_shm_close(s));
+    }
+    tu_context(NULL);
+
+    /* an array whose recorded payload outgrows its block: not an object */
+    mproc_shm_t *s = NULL;
+    TU_REQUIRE_OK(mproc_shm_create(&s, 16 * 1024));
+    int32_t *arr = NULL;
+    TU_CHECK_OK(mproc_array_create(s, "arr", MPROC_INT32, 4, (void **)&arr));
+    if (arr) {
+        uint64_t *hdr = (uint64_t *)((unsigned char *)arr - MPROC_SHM_OBJECT_OVERHEAD);
+        hdr[4] = 1u << 30; /* payload: bytes 32-39 of the header (src/shm.c) */
+        size_t count = 0;
+        void *p = NULL;
+        TU_CHECK_EQ_INT(mproc_array_open(s, "arr", MPROC_INT32, &p, &count), -ENOENT);
+        TU_CHECK_EQ_INT((long long)mproc_shm_object_size(s, arr), 0);
+    }
+    TU_CHECK_OK(mproc_shm_close(s));
+}
+
 static void test_arrays(void)
 {
     static const struct {
@@ -1708,6 +1755,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_arena_concurrent),
     TU_CASE(test_arena_killed_inside),
     TU_CASE(test_arrays),
+    TU_CASE(test_corrupt_block_headers),
     TU_CASE(test_child_writes_seen),
     TU_CASE(test_attach_errors),
     TU_CASE(test_attach_twice_fork),
