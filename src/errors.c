@@ -38,6 +38,10 @@ const char *mproc_strerror(int code)
         return "child exited but its exit status was lost with its forkserver";
     case MPROC_ENOINIT:
         return "spawned child's main() did not call mproc_init()";
+    case MPROC_EBROKEN:
+        return "barrier broken (a wait timed out, it was aborted or reset, or a party died)";
+    case MPROC_ETYPE:
+        return "shared object is not of the expected type (or not an mproc segment)";
     }
     if (code < 0 && code > -4096) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
