@@ -3,8 +3,8 @@
  * is public API; names carry the mproc__ prefix.
  *
  * Layering (a file only calls files listed before it):
- *   platform  errors  atfork  request  child  spawn  tracker  shm  sync
- *   forkserver  process  init
+ *   platform  errors  atfork  lock  request  child  spawn  tracker  shm
+ *   sync  forkserver  process  init
  */
 #ifndef MPROC_INTERNAL_H
 #define MPROC_INTERNAL_H
@@ -147,6 +147,38 @@ int mproc__spawn_uninitialised(void);
 /* argv[0] for spawned children, remembered by mproc_init. */
 void mproc__spawn_set_argv0(const char *argv0);
 
+/* ---- lock.c: the robust lock ----------------------------------------------- */
+
+/* The layout of a lock in shared memory (lock.c explains the fields and
+ * why the links sit where pthread_mutex_t's do). All zero: unlocked. */
+struct mproc_lock {
+    _Atomic uint32_t word; /* the futex word, offset 0                   */
+    uint32_t count;        /* rlock: recursion depth                      */
+    uint32_t state;        /* LOCK_*, the holder's                        */
+    uint32_t recursive;
+    uint32_t spare[2];
+    void *prev, *next; /* robust list links, as pthread_mutex_t's     */
+};
+
+struct mproc_rlock {
+    struct mproc_lock l;
+};
+
+enum { MPROC__LOCK_OK = 0, MPROC__LOCK_INCONSISTENT = 1 };
+
+/*
+ * The slow paths, also for locks mproc keeps for itself (the arena's, a
+ * condition's own, a barrier's). deadline in ns from mproc__deadline_ns
+ * (-1 forever, 0 one try). take: 0, -EOWNERDEAD (held), -ENOTRECOVERABLE,
+ * -EDEADLK, -EOVERFLOW (rlock depth), -ETIMEDOUT. give: 0, -EPERM.
+ * consistent: 0, -EINVAL if the lock is not held and inconsistent.
+ */
+int mproc__lock_take(struct mproc_lock *l, int64_t deadline);
+int mproc__lock_give(struct mproc_lock *l);
+int mproc__lock_consistent(struct mproc_lock *l);
+/* The calling thread holds it. */
+int mproc__lock_held(const struct mproc_lock *l);
+
 /* ---- tracker.c: the resource tracker ------------------------------------ */
 
 /* Where named segments live, and the prefix of their file names. */
@@ -179,8 +211,8 @@ typedef struct {
     uint64_t total; /* bytes mapped, header included */
     uint8_t id[16]; /* random: tells segments apart  */
     uint32_t ready; /* set last when created         */
-    uint32_t arena_broken;
-    uint64_t arena_lock[8];        /* a robust pthread mutex (40 bytes on glibc) */
+    uint32_t reserved;
+    struct mproc_lock arena_lock;  /* lock.c's robust lock */
     char name[MPROC_NAME_MAX + 1]; /* named segments: the name it was created with */
 } mproc__shm_header_t;
 

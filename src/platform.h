@@ -11,7 +11,6 @@
 #define MPROC_PLATFORM_H
 
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -100,17 +99,5 @@ void mproc__tid_reset_after_fork(void);
 
 /* Fill buf with unpredictable bytes (getrandom, else /dev/urandom). */
 int mproc__random_bytes(void *buf, size_t len);
-
-/*
- * Robust process-shared mutexes (glibc's PTHREAD_MUTEX_ROBUST): the arena's
- * lock and the lock objects. kind: 0 error-checking, 1 recursive.
- * lock: 0, -EOWNERDEAD (held; the previous owner died), -ENOTRECOVERABLE,
- * -EDEADLK, -ETIMEDOUT (deadline in ns from mproc__deadline_ns, -1 forever,
- * 0 try once). held: the calling thread owns it.
- */
-int mproc__mutex_init(pthread_mutex_t *m, int kind);
-int mproc__mutex_lock(pthread_mutex_t *m, int64_t deadline_ns);
-int mproc__mutex_unlock(pthread_mutex_t *m);
-int mproc__mutex_held(const pthread_mutex_t *m);
 
 #endif

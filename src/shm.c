@@ -40,8 +40,6 @@
 #define REF_MAGIC 0x6d736872u   /* "mshr" */
 
 _Static_assert(sizeof(mproc__shm_header_t) <= MPROC__SHM_HEADER, "header fits its page");
-_Static_assert(sizeof(pthread_mutex_t) <= sizeof(((mproc__shm_header_t *)0)->arena_lock),
-               "arena lock fits");
 
 typedef struct {
     uint64_t size;      /* whole block, header included, BLOCK_ALIGN multiple */
@@ -168,10 +166,8 @@ static int format(mproc_shm_t *shm)
     h->header_size = MPROC__SHM_HEADER;
     h->total = shm->total;
     int rc = mproc__random_bytes(h->id, sizeof h->id);
-    if (rc == 0)
-        rc = mproc__mutex_init((pthread_mutex_t *)h->arena_lock, 0);
     if (rc < 0)
-        return rc;
+        return rc; /* (the arena lock is ready as zeroes) */
     block_t *b = (block_t *)(shm->base + MPROC__SHM_HEADER);
     b->size = shm->total - MPROC__SHM_HEADER;
     b->magic = BLOCK_MAGIC;
@@ -640,29 +636,28 @@ static int arena_repair(mproc_shm_t *shm)
     return 0;
 }
 
+/* The arena's lock. A process that died holding it may have been half-way
+ * through an allocation: the walk is checked (and prev_size repaired)
+ * before the arena is used again; if it cannot be walked, the lock is
+ * released unrepaired, which makes it, and the arena, unusable for good
+ * (-ENOTRECOVERABLE) rather than wrong. */
 static int arena_lock(mproc_shm_t *shm)
 {
-    mproc__shm_header_t *h = header(shm);
-    pthread_mutex_t *m = (pthread_mutex_t *)h->arena_lock;
-    int rc = mproc__mutex_lock(m, -1);
+    struct mproc_lock *l = &header(shm)->arena_lock;
+    int rc = mproc__lock_take(l, -1);
     if (rc == -EOWNERDEAD) {
-        rc = arena_repair(shm);
-        if (rc < 0)
-            h->arena_broken = 1;
-        pthread_mutex_consistent(m);
+        if (arena_repair(shm) < 0) {
+            mproc__lock_give(l);
+            return -ENOTRECOVERABLE;
+        }
+        rc = mproc__lock_consistent(l);
     }
-    if (rc == 0 && h->arena_broken)
-        rc = -ENOTRECOVERABLE;
-    if (rc < 0 && rc != -ENOTRECOVERABLE)
-        return rc;
-    if (rc < 0)
-        mproc__mutex_unlock(m);
     return rc;
 }
 
 static void arena_unlock(mproc_shm_t *shm)
 {
-    mproc__mutex_unlock((pthread_mutex_t *)header(shm)->arena_lock);
+    mproc__lock_give(&header(shm)->arena_lock);
 }
 
 static block_t *find_named(mproc_shm_t *shm, const char *name)

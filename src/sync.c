@@ -2,9 +2,9 @@
  * sync.c - lock, rlock, semaphore, condition, event and barrier, all in
  * shared memory and process-shared.
  *
- * lock and rlock are glibc's robust process-shared mutexes: the kernel's
- * robust-futex list (owned by glibc, one per thread) is what marks a lock
- * whose holder died, and only glibc can safely put entries on it.
+ * lock and rlock are robust futexes on the kernel's robust-futex list that
+ * glibc keeps per thread (see below): the kernel marks a dead holder's
+ * locks, so the next acquirer learns of the death (EOWNERDEAD).
  *
  * The others are futex words with no owner state a death could corrupt:
  * a waiter that dies is simply gone from the kernel's wait queue. Waiter
@@ -32,245 +32,13 @@ static inline int64_t deadline_of(int timeout_ms)
     return timeout_ms == 0 ? 0 : mproc__deadline_ns(timeout_ms);
 }
 
-/* ---- lock and rlock: a robust futex on glibc's robust list ------------------ */
-
-/*
- * The kernel keeps one robust-futex list per thread and, when the thread
- * dies, marks every futex on it whose owner field is that thread's id with
- * FUTEX_OWNER_DIED and wakes a waiter. glibc registers that list for every
- * thread and links its robust mutexes into it. mproc's lock links itself
- * into the same list, in the same doubly-linked format (pointers aim at the
- * `next` field; the kernel only follows those), with the futex word at the
- * same offset from the link as glibc's: so glibc's own robust mutexes and
- * ours can be held together in any order. That costs about half of
- * pthread_mutex_lock's robust path, which handles every mutex kind.
- *
- * The list head is found without a syscall: locking a private robust
- * pthread mutex makes glibc point its prev link at the head.
- *
- * word: owner tid | FUTEX_WAITERS (someone sleeps) | FUTEX_OWNER_DIED, or
- * LOCK_DEAD once the lock is not recoverable: an owner field no thread can
- * have, so the uncontended compare-and-swap from 0 fails on it by itself.
- * state: consistent, or inconsistent (taken after an owner died, not
- * repaired yet); read and written by the holder only.
- */
-enum { LOCK_OK = 0, LOCK_INCONSISTENT = 1 };
-#define LOCK_DEAD ((uint32_t)FUTEX_TID_MASK) /* above any pid_max */
-
-struct mproc_lock {
-    _Atomic uint32_t word; /* the futex word, offset 0                   */
-    uint32_t count;        /* rlock: recursion depth                      */
-    uint32_t state;        /* LOCK_*, the holder's                        */
-    uint32_t recursive;
-    uint32_t spare[2];
-    void *prev, *next; /* robust list links, as pthread_mutex_t's     */
-};
-
-struct mproc_rlock {
-    struct mproc_lock l;
-};
-
-/* The kernel finds the word at link + futex_offset; glibc set that offset
- * for pthread_mutex_t, whose layout ours copies. */
-#define LOCK_FUTEX_OFFSET                                                                          \
-    ((long)offsetof(struct mproc_lock, word) - (long)offsetof(struct mproc_lock, next))
-_Static_assert(offsetof(pthread_mutex_t, __data.__lock) == offsetof(struct mproc_lock, word),
-               "word where glibc's lock word is");
-_Static_assert(offsetof(pthread_mutex_t, __data.__list.__next) == offsetof(struct mproc_lock, next),
-               "links where glibc's links are");
-
-struct robust_head {
-    void *list;
-    long futex_offset;
-    void *list_op_pending;
-};
-
-/* This thread's robust list head; NULL if it has none (a thread glibc did
- * not create), in which case locks work but are not robust. */
-static _Thread_local struct robust_head *tls_head __attribute__((tls_model("initial-exec")));
-static _Thread_local int tls_head_known __attribute__((tls_model("initial-exec")));
-
-static struct robust_head *robust_head(void)
-{
-    if (__builtin_expect(tls_head_known, 1))
-        return tls_head;
-    pthread_mutex_t m;
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(&m, &a);
-    pthread_mutexattr_destroy(&a);
-    struct robust_head *h = NULL;
-    if (pthread_mutex_lock(&m) == 0) {
-        h = (struct robust_head *)m.__data.__list.__prev;
-        pthread_mutex_unlock(&m);
-    }
-    pthread_mutex_destroy(&m);
-    if (h && h->futex_offset != LOCK_FUTEX_OFFSET)
-        h = NULL; /* not the layout we know: no robustness rather than harm */
-    tls_head = h;
-    tls_head_known = 1;
-    return h;
-}
-
-/* Links point at the `next` field of a node; a node's prev sits just
- * before it (for the head too: glibc keeps robust_prev there). */
-#define LINK_NODE_PREV(link) ((void **)((uintptr_t)(link) & ~(uintptr_t)1) - 1)
-#define LINK_NEXT(link) ((void **)((uintptr_t)(link) & ~(uintptr_t)1))
-
-static void enqueue(struct robust_head *h, struct mproc_lock *l)
-{
-    void *first = h->list;
-    *LINK_NODE_PREV(first) = &l->next;
-    l->next = first;
-    l->prev = &h->list;
-    atomic_signal_fence(memory_order_seq_cst); /* linked before published */
-    h->list = &l->next;
-}
-
-static void dequeue(struct mproc_lock *l)
-{
-    *LINK_NODE_PREV(l->next) = l->prev;
-    *LINK_NEXT(l->prev) = l->next;
-    atomic_signal_fence(memory_order_seq_cst);
-}
-
-static void pending(struct robust_head *h, struct mproc_lock *l)
-{
-    if (h) {
-        h->list_op_pending = l ? (void *)&l->next : NULL;
-        atomic_signal_fence(memory_order_seq_cst);
-    }
-}
-
-/*
- * How long a contended acquire spins (pause loops) before it sleeps. The
- * policy is measured, not guessed: with 2 processes on 2 CPUs hammering
- * one lock (bench/bench_sync.c), every spin length tried (100 to 3000)
- * gave ~58 ns per operation against ~39 ns for none. Spinning readers keep
- * pulling the lock's cache line from the holder, while a sleeper leaves
- * the holder to run many critical sections undisturbed. So: no spinning.
- */
-#define LOCK_SPINS 0
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
+/* ---- lock and rlock: the objects (the lock itself is lock.c) ---------------- */
 
 static int lock_init(void *obj, void *ctx)
 {
     struct mproc_lock *l = obj;
     l->recursive = ctx != NULL;
     return 0;
-}
-
-static int lock_take(struct mproc_lock *l, int64_t deadline)
-{
-    pid_t tid = mproc__tid();
-    struct robust_head *h = robust_head();
-    pending(h, NULL); /* the fast path may have set it */
-    uint32_t w = atomic_load_explicit(&l->word, memory_order_relaxed);
-    if ((w & FUTEX_TID_MASK) == (uint32_t)tid) {
-        if (!l->recursive)
-            return -EDEADLK;
-        if (l->count == UINT32_MAX)
-            return -EOVERFLOW;
-        l->count++;
-        return 0;
-    }
-    uint32_t waiters = 0; /* once we slept, others may sleep too */
-    int spins = LOCK_SPINS;
-    pending(h, l);
-    for (;;) {
-        if ((w & FUTEX_TID_MASK) == LOCK_DEAD) {
-            pending(h, NULL);
-            return -ENOTRECOVERABLE;
-        }
-        if ((w & FUTEX_TID_MASK) == 0) {
-            uint32_t nw = (uint32_t)tid | (w & FUTEX_WAITERS) | waiters;
-            if (atomic_compare_exchange_weak_explicit(&l->word, &w, nw, memory_order_acquire,
-                                                      memory_order_relaxed)) {
-                if (h)
-                    enqueue(h, l);
-                pending(h, NULL);
-                l->count = 1;
-                if (w & FUTEX_OWNER_DIED) {
-                    l->state = LOCK_INCONSISTENT;
-                    return -EOWNERDEAD;
-                }
-                return 0;
-            }
-            continue;
-        }
-        if (deadline == 0) {
-            pending(h, NULL);
-            return -ETIMEDOUT;
-        }
-        if (spins > 0) {
-            spins--;
-            cpu_relax();
-            w = atomic_load_explicit(&l->word, memory_order_relaxed);
-            continue;
-        }
-        if (!(w & FUTEX_WAITERS) && !atomic_compare_exchange_weak(&l->word, &w, w | FUTEX_WAITERS))
-            continue;
-        waiters = FUTEX_WAITERS;
-        if (mproc__futex_wait((const uint32_t *)&l->word, w | FUTEX_WAITERS, deadline) ==
-            -ETIMEDOUT) {
-            w = atomic_load(&l->word);
-            if ((w & FUTEX_TID_MASK) == 0)
-                continue; /* freed just now: one last try */
-            pending(h, NULL);
-            return -ETIMEDOUT;
-        }
-        w = atomic_load_explicit(&l->word, memory_order_relaxed);
-    }
-}
-
-static int lock_give(struct mproc_lock *l)
-{
-    pid_t tid = mproc__tid();
-    uint32_t w = atomic_load_explicit(&l->word, memory_order_relaxed);
-    if ((w & FUTEX_TID_MASK) != (uint32_t)tid)
-        return -EPERM;
-    if (l->recursive && l->count > 1) {
-        l->count--;
-        return 0;
-    }
-    /* Released without being repaired: nobody may have it again. */
-    uint32_t next = l->state == LOCK_INCONSISTENT ? LOCK_DEAD : 0;
-    l->count = 0;
-    struct robust_head *h = robust_head();
-    pending(h, l);
-    if (h)
-        dequeue(l);
-    w = atomic_exchange_explicit(&l->word, next, memory_order_release);
-    if (next == LOCK_DEAD)
-        mproc__futex_wake((const uint32_t *)&l->word, INT_MAX);
-    else if (w & FUTEX_WAITERS)
-        mproc__futex_wake((const uint32_t *)&l->word, 1);
-    pending(h, NULL);
-    return 0;
-}
-
-static int lock_consistent(struct mproc_lock *l)
-{
-    uint32_t w = atomic_load_explicit(&l->word, memory_order_relaxed);
-    if ((w & FUTEX_TID_MASK) != (uint32_t)mproc__tid() || l->state != LOCK_INCONSISTENT)
-        return -EINVAL;
-    l->state = LOCK_OK;
-    return 0;
-}
-
-static int lock_held(const struct mproc_lock *l)
-{
-    uint32_t w = atomic_load_explicit(&((struct mproc_lock *)l)->word, memory_order_relaxed);
-    return (w & FUTEX_TID_MASK) == (uint32_t)mproc__tid();
 }
 
 static int create_obj(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, size_t size,
@@ -290,69 +58,6 @@ int mproc_lock_open(mproc_shm_t *shm, const char *name, mproc_lock_t **out)
     return mproc_shm_find(shm, name, MPROC_OBJ_LOCK, (void **)out);
 }
 
-/* The uncontended paths, inline: one CAS to take, one exchange to give,
- * the list links in between. Anything unusual (contention, recursion, a
- * lock to repair or not recoverable) goes to lock_take/give. The depth
- * count is an rlock's only: `recursive` is a constant at each call. */
-static inline int lock_take_fast(struct mproc_lock *l, int recursive)
-{
-    struct robust_head *h = tls_head;
-    pid_t tid = mproc__tid_cache;
-    if (__builtin_expect(!h || !tid, 0))
-        return 1;
-    uint32_t w = 0;
-    pending(h, l);
-    if (!atomic_compare_exchange_strong_explicit(&l->word, &w, (uint32_t)tid, memory_order_acquire,
-                                                 memory_order_relaxed))
-        return 1;
-    enqueue(h, l);
-    pending(h, NULL);
-    if (recursive)
-        l->count = 1;
-    return 0;
-}
-
-static inline int lock_give_fast(struct mproc_lock *l, int recursive)
-{
-    struct robust_head *h = tls_head;
-    pid_t tid = mproc__tid_cache;
-    uint32_t w = atomic_load_explicit(&l->word, memory_order_relaxed);
-    if (__builtin_expect(!h || !tid || w != (uint32_t)tid || l->state != LOCK_OK ||
-                             (recursive && l->count > 1),
-                         0))
-        return 1;
-    if (recursive)
-        l->count = 0;
-    pending(h, l);
-    dequeue(l);
-    w = atomic_exchange_explicit(&l->word, 0, memory_order_release);
-    if (__builtin_expect(w & FUTEX_WAITERS, 0))
-        mproc__futex_wake((const uint32_t *)&l->word, 1);
-    pending(h, NULL);
-    return 0;
-}
-
-int mproc_lock_acquire(mproc_lock_t *lock, int timeout_ms)
-{
-    if (!lock)
-        return -EINVAL;
-    int rc = lock_take_fast(lock, 0);
-    return rc <= 0 ? rc : lock_take(lock, deadline_of(timeout_ms));
-}
-
-int mproc_lock_release(mproc_lock_t *lock)
-{
-    if (!lock)
-        return -EINVAL;
-    int rc = lock_give_fast(lock, 0);
-    return rc <= 0 ? rc : lock_give(lock);
-}
-
-int mproc_lock_consistent(mproc_lock_t *lock)
-{
-    return lock ? lock_consistent(lock) : -EINVAL;
-}
-
 int mproc_rlock_create(mproc_shm_t *shm, const char *name, mproc_rlock_t **out)
 {
     return create_obj(shm, name, MPROC_OBJ_RLOCK, sizeof(mproc_rlock_t), lock_init, (void *)1,
@@ -362,27 +67,6 @@ int mproc_rlock_create(mproc_shm_t *shm, const char *name, mproc_rlock_t **out)
 int mproc_rlock_open(mproc_shm_t *shm, const char *name, mproc_rlock_t **out)
 {
     return mproc_shm_find(shm, name, MPROC_OBJ_RLOCK, (void **)out);
-}
-
-int mproc_rlock_acquire(mproc_rlock_t *lock, int timeout_ms)
-{
-    if (!lock)
-        return -EINVAL;
-    int rc = lock_take_fast(&lock->l, 1);
-    return rc <= 0 ? rc : lock_take(&lock->l, deadline_of(timeout_ms));
-}
-
-int mproc_rlock_release(mproc_rlock_t *lock)
-{
-    if (!lock)
-        return -EINVAL;
-    int rc = lock_give_fast(&lock->l, 1);
-    return rc <= 0 ? rc : lock_give(&lock->l);
-}
-
-int mproc_rlock_consistent(mproc_rlock_t *lock)
-{
-    return lock ? lock_consistent(&lock->l) : -EINVAL;
 }
 
 /* ---- semaphore ------------------------------------------------------------- */
@@ -549,12 +233,12 @@ int mproc_condition_wait(mproc_condition_t *c, int timeout_ms)
     if (!c)
         return -EINVAL;
     mproc_lock_t *lock = cond_lock(c);
-    if (!lock_held(lock))
+    if (!mproc__lock_held(lock))
         return -EPERM;
     int64_t deadline = deadline_of(timeout_ms);
     uint32_t seq = atomic_load(&c->seq);
     c->waiters++;
-    lock_give(lock);
+    mproc__lock_give(lock);
     /* A notify between the unlock and the sleep changed seq: no sleep.
      * Every notify changes seq, so an unchanged one after a return means
      * a signal interrupted the sleep: sleep on, to the same deadline. */
@@ -562,7 +246,7 @@ int mproc_condition_wait(mproc_condition_t *c, int timeout_ms)
     do
         rc = mproc__futex_wait((const uint32_t *)&c->seq, seq, deadline);
     while (rc == 0 && atomic_load(&c->seq) == seq);
-    int lrc = lock_take(lock, -1);
+    int lrc = mproc__lock_take(lock, -1);
     if (lrc < 0 && lrc != -EOWNERDEAD)
         return lrc; /* -ENOTRECOVERABLE: the lock is not held */
     if (c->waiters > 0)
@@ -578,7 +262,7 @@ int mproc_condition_notify(mproc_condition_t *c, int n)
 {
     if (!c || n < 1)
         return -EINVAL;
-    if (!lock_held(cond_lock(c)))
+    if (!mproc__lock_held(cond_lock(c)))
         return -EPERM;
     atomic_fetch_add(&c->seq, 1);
     if (c->waiters > 0)
@@ -706,12 +390,12 @@ static void end_generation(mproc_barrier_t *b, int broken)
 /* The barrier's lock; a party that died holding it breaks the barrier. */
 static int barrier_lock(mproc_barrier_t *b, int64_t deadline)
 {
-    int rc = lock_take(&b->lock, deadline);
+    int rc = mproc__lock_take(&b->lock, deadline);
     if (rc == -EOWNERDEAD) {
         b->broken = 1;
         if (atomic_load(&b->count) > 0)
             end_generation(b, 1);
-        lock_consistent(&b->lock);
+        mproc__lock_consistent(&b->lock);
         rc = 0;
     }
     return rc;
@@ -728,17 +412,17 @@ int mproc_barrier_wait(mproc_barrier_t *b, int timeout_ms)
     if (rc < 0)
         return rc;
     if (b->broken) {
-        lock_give(&b->lock);
+        mproc__lock_give(&b->lock);
         return MPROC_EBROKEN;
     }
     uint32_t index = atomic_fetch_add(&b->count, 1);
     if (index + 1 == b->parties) {
         end_generation(b, 0);
-        lock_give(&b->lock);
+        mproc__lock_give(&b->lock);
         return (int)index;
     }
     uint32_t g = atomic_load(&b->gen);
-    lock_give(&b->lock);
+    mproc__lock_give(&b->lock);
 
     while (atomic_load(&b->gen) == g) {
         rc = timeout_ms == 0 ? -ETIMEDOUT
@@ -752,7 +436,7 @@ int mproc_barrier_wait(mproc_barrier_t *b, int timeout_ms)
                     b->broken = 1;
                     end_generation(b, 1);
                 }
-                lock_give(&b->lock);
+                mproc__lock_give(&b->lock);
                 if (mine)
                     return -ETIMEDOUT;
             }
@@ -773,7 +457,7 @@ int mproc_barrier_abort(mproc_barrier_t *b)
     b->broken = 1;
     if (atomic_load(&b->count) > 0)
         end_generation(b, 1);
-    lock_give(&b->lock);
+    mproc__lock_give(&b->lock);
     return 0;
 }
 
@@ -787,7 +471,7 @@ int mproc_barrier_reset(mproc_barrier_t *b)
     if (atomic_load(&b->count) > 0)
         end_generation(b, 1);
     b->broken = 0;
-    lock_give(&b->lock);
+    mproc__lock_give(&b->lock);
     return 0;
 }
 
