@@ -108,7 +108,7 @@ static int fs_start_locked(void)
     mproc__request_t req;
     memset(&req, 0, sizeof req);
     req.type = MPROC__REQ_SERVER;
-    req.exit_fd = -1;
+    req.exit_fd = req.tracker_fd = -1;
     req.name = NULL;
     if (fs_preload) {
         int rc = mproc__entry_ref_of(fs_preload, &req.entry);
@@ -232,8 +232,11 @@ int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, p
         close(cwd_fd);
     if (rc == -EMFILE && reply.err == 0 && reply.pid > 0) {
         /* Forked, but we cannot hold it: it must not run on unwatched. */
-        mproc__request_t kill_req = {
-            .type = MPROC__REQ_SIGNAL, .exit_fd = -1, .pid = reply.pid, .sig = SIGKILL};
+        mproc__request_t kill_req = {.type = MPROC__REQ_SIGNAL,
+                                     .exit_fd = -1,
+                                     .tracker_fd = -1,
+                                     .pid = reply.pid,
+                                     .sig = SIGKILL};
         mproc__reply_t ignored;
         int none[2];
         size_t nnone = 0;
@@ -258,7 +261,7 @@ int mproc__forkserver_signal(pid_t pid, int sig)
     mproc__request_t req;
     memset(&req, 0, sizeof req);
     req.type = MPROC__REQ_SIGNAL;
-    req.exit_fd = -1;
+    req.exit_fd = req.tracker_fd = -1;
     req.pid = pid;
     req.sig = sig;
     pthread_once(&fs_once, fs_install);
@@ -392,6 +395,10 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
         close(cwd_fd);
     }
     mproc__child_adopt_exit_fd(exit_fd);
+    /* The client's tracker line came as one of the fds, now at its number. */
+    for (uint32_t i = 0; i < req->nfds; i++)
+        if (req->tracker_fd >= 0 && req->fds[i] == req->tracker_fd)
+            mproc__tracker_adopt(req->tracker_fd, req->tracker_pid);
     /* Run only once the client has been told about us: if the helper dies
      * or cannot answer first, the client's start fails, and so do we. */
     char go;

@@ -23,13 +23,15 @@ int mproc_init(int *argc, char ***argv)
     if (!mproc__spawn_receive(&req, &buf, &sock))
         return 0;
 
-    int keep[MPROC__MAX_FDS + 2];
+    int keep[MPROC__MAX_FDS + 3];
     size_t nkeep = 0;
     keep[nkeep++] = sock;
     for (uint32_t i = 0; i < req.nfds; i++)
         keep[nkeep++] = req.fds[i];
     if (req.exit_fd >= 0)
         keep[nkeep++] = req.exit_fd;
+    if (req.tracker_fd >= 0)
+        keep[nkeep++] = req.tracker_fd;
     if (req.flags & MPROC__F_CLOSE_FDS)
         mproc__close_fds_except(keep, nkeep);
 
@@ -45,6 +47,8 @@ int mproc_init(int *argc, char ***argv)
             (req.flags & MPROC__F_HAS_ENTRY) ? mproc__entry_resolve(&req.entry, &fn) : MPROC_EPROTO;
     if (req.exit_fd >= 0)
         mproc__child_adopt_exit_fd(req.exit_fd);
+    if (req.tracker_fd >= 0)
+        mproc__tracker_adopt(req.tracker_fd, req.tracker_pid);
     mproc__reply_send(sock, rc, getpid(), NULL, 0);
     close(sock);
     if (rc < 0)

@@ -68,9 +68,11 @@ enum {
 typedef struct {
     uint32_t type;
     uint32_t flags;
-    int32_t ppid;     /* the parent the child must still have           */
-    int32_t exit_fd;  /* fallback exit pipe's write end, or -1          */
-    int32_t pid, sig; /* MPROC__REQ_SIGNAL                              */
+    int32_t ppid;        /* the parent the child must still have           */
+    int32_t exit_fd;     /* fallback exit pipe's write end, or -1          */
+    int32_t tracker_fd;  /* the parent's resource tracker line, or -1   */
+    int32_t tracker_pid; /* and that tracker's pid (0: unknown)          */
+    int32_t pid, sig;    /* MPROC__REQ_SIGNAL                              */
     mproc__entry_ref_t entry;
     const char *name;
     uint32_t nfds;
@@ -189,6 +191,15 @@ int mproc__lock_held(const struct mproc_lock *l);
  * the named segment file (its name under MPROC__SHM_DIR, e.g.
  * "mproc-abc") whose inode is (dev, ino); unregister when it unlinked it. */
 int mproc__tracker_register(const char *file, uint64_t dev, uint64_t ino);
+/*
+ * For a spawn or forkserver child: a close-on-exec duplicate of this
+ * process's line (the caller hands it over and closes it), -1 when there
+ * is no tracker; *pid gets the tracker's pid where known (else 0). The
+ * child takes it with mproc__tracker_adopt, so one tracker serves the whole
+ * program tree, whatever the start method.
+ */
+int mproc__tracker_line_dup(pid_t *pid);
+void mproc__tracker_adopt(int fd, pid_t pid);
 int mproc__tracker_unregister(const char *file, uint64_t dev, uint64_t ino);
 /*
  * Unlink the segment file if nobody uses it: 1 unlinked (or would be, with

@@ -331,6 +331,7 @@ static void fill_request(mproc_process_t *p, mproc__request_t *req, uint32_t typ
     req->type = type;
     req->flags = MPROC__F_HAS_ENTRY | (p->daemon ? MPROC__F_DAEMON : 0);
     req->exit_fd = -1;
+    req->tracker_fd = -1;
     /* Unnamed children keep their program's name (naming costs a forked
      * child a few microseconds); init.c gives a spawned one that name back
      * (exec through /proc/self/exe would show "exe"). */
@@ -349,7 +350,7 @@ static int start_spawn(mproc_process_t *p)
     int rc = mproc__entry_ref_of(p->entry, &req.entry);
     if (rc < 0)
         return rc;
-    int keep[MPROC__MAX_FDS + 1];
+    int keep[MPROC__MAX_FDS + 2];
     size_t nkeep = p->nfds;
     memcpy(keep, p->fds, p->nfds * sizeof keep[0]);
     int ep[2] = {-1, -1};
@@ -358,7 +359,16 @@ static int start_spawn(mproc_process_t *p)
             return -errno;
         keep[nkeep++] = req.exit_fd = ep[1];
     }
+    /* The child registers its named segments with our tracker. */
+    pid_t tracker_pid;
+    int line = mproc__tracker_line_dup(&tracker_pid);
+    if (line >= 0) {
+        keep[nkeep++] = req.tracker_fd = line;
+        req.tracker_pid = tracker_pid;
+    }
     rc = mproc__spawn(&req, keep, nkeep, &p->pid, &p->pidfd, NULL);
+    if (line >= 0)
+        close(line);
     if (ep[1] >= 0)
         close(ep[1]);
     if (rc < 0) {
@@ -387,9 +397,21 @@ static int start_forkserver(mproc_process_t *p)
     for (size_t i = 0; i < p->nfds; i++)
         if (p->fds[i] > 2)
             req.fds[n] = fds[n] = p->fds[i], n++;
+    /* Our tracker's line, where one more fd fits in the message (it does
+     * unless the caller passes the maximum, MPROC_PASS_FDS_MAX: the child
+     * then starts a tracker of its own if it needs one). */
+    pid_t tracker_pid;
+    int line = n + 2 <= MPROC__MAX_FDS ? mproc__tracker_line_dup(&tracker_pid) : -1;
+    if (line >= 0) {
+        req.fds[n] = fds[n] = req.tracker_fd = line;
+        req.tracker_pid = tracker_pid;
+        n++;
+    }
     req.nfds = n;
     int life_fd;
     rc = mproc__forkserver_fork(&req, fds, n, &p->pid, &life_fd, &p->status_fd);
+    if (line >= 0)
+        close(line);
     if (rc == 0) {
         if (mproc__have_pidfd())
             p->pidfd = life_fd;

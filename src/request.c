@@ -213,6 +213,8 @@ int mproc__request_encode(const mproc__request_t *r, void **buf, size_t *len)
     put_u32(&w, r->flags);
     put_u32(&w, (uint32_t)r->ppid);
     put_u32(&w, (uint32_t)r->exit_fd);
+    put_u32(&w, (uint32_t)r->tracker_fd);
+    put_u32(&w, (uint32_t)r->tracker_pid);
     put_u32(&w, (uint32_t)r->pid);
     put_u32(&w, (uint32_t)r->sig);
     if (r->flags & MPROC__F_HAS_ENTRY) {
@@ -310,6 +312,8 @@ int mproc__request_decode(const void *buf, size_t len, mproc__request_t *out)
     out->flags = get_u32(&r);
     out->ppid = (int32_t)get_u32(&r);
     out->exit_fd = (int32_t)get_u32(&r);
+    out->tracker_fd = (int32_t)get_u32(&r);
+    out->tracker_pid = (int32_t)get_u32(&r);
     out->pid = (int32_t)get_u32(&r);
     out->sig = (int32_t)get_u32(&r);
     if (out->type < MPROC__REQ_CHILD || out->type > MPROC__REQ_SIGNAL)

@@ -17,6 +17,8 @@
  * can at worst delay an unlink, never cause a wrong one.
  *
  * The line is a SOCK_SEQPACKET socketpair, one message per registration;
+ * fork children inherit it, and spawn and forkserver children are handed a
+ * copy at start (process.c), so the whole program tree shares one tracker;
  * the kernel stamps each with the sender's pid (SO_PASSCRED), so the
  * tracker needs no trust in what the message says about its sender. When
  * the last holder of the line is gone (EOF), the tracker sweeps what is
@@ -576,6 +578,36 @@ static int tell(uint32_t op, const char *file, uint64_t dev, uint64_t ino)
     }
     pthread_mutex_unlock(&client_lock);
     return rc;
+}
+
+int mproc__tracker_line_dup(pid_t *pid)
+{
+    *pid = 0;
+    mproc_once(&client_once, client_setup, NULL);
+    pthread_mutex_lock(&client_lock);
+    int fd = line >= 0 ? fcntl(line, F_DUPFD_CLOEXEC, 3) : -1;
+    if (fd >= 0)
+        *pid = tracker_pid_;
+    pthread_mutex_unlock(&client_lock);
+    return fd;
+}
+
+void mproc__tracker_adopt(int fd, pid_t pid)
+{
+    /* Only a line: a stale or wrong number is dropped, not trusted. */
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_SEQPACKET)
+        return;
+    mproc__set_cloexec(fd, 1);
+    mproc_once(&client_once, client_setup, NULL);
+    pthread_mutex_lock(&client_lock);
+    if (line >= 0 && line != fd)
+        close(line); /* a forkserver helper's own, inherited through its fork */
+    line = fd;
+    tracker_pid_ = pid > 0 ? pid : 0;
+    starter_pid = 0; /* not ours to wait for */
+    pthread_mutex_unlock(&client_lock);
 }
 
 int mproc__tracker_register(const char *file, uint64_t dev, uint64_t ino)

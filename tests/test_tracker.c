@@ -365,21 +365,25 @@ static void test_unlinked_after_sigkill_repeated(void)
     printf("  %d of %d segments went after their tracker had exited\n", late, rounds);
 }
 
-/* Several creators of one tree (fork children sharing this process's
- * tracker) killed at once: every segment goes, and the tracker lives on. */
+/* Several creators of one tree, two per start method, killed at once: all
+ * share this process's tracker (fork children inherit its line, spawn and
+ * forkserver children are handed it), every segment goes, and the tracker
+ * lives on. */
 static void test_unlinked_after_sigkill_many(void)
 {
     TU_REQUIRE_OK(mproc_tracker_start());
     pid_t tpid = mproc_tracker_pid();
     TU_REQUIRE(tpid > 0);
-    enum { N = 5 };
+    enum { N = 2 * TU_NMETHODS };
     creator_t c[N];
     int n = 0;
     for (; n < N; n++) {
-        if (creator_start(&c[n], MPROC_START_FORK, MODE_BLOCK, NULL) != 0)
+        tu_context("creator %d, method=%s", n, tu_method_name(tu_methods[n % TU_NMETHODS]));
+        if (creator_start(&c[n], tu_methods[n % TU_NMETHODS], MODE_BLOCK, NULL) != 0)
             break;
-        TU_CHECK_EQ_INT(c[n].rep.tracker, tpid); /* fork children share it */
+        TU_CHECK_EQ_INT(c[n].rep.tracker, tpid); /* one tracker for the tree */
     }
+    tu_context(NULL);
     for (int i = 0; i < n; i++)
         TU_CHECK_OK(mproc_process_kill(c[i].p));
     for (int i = 0; i < n; i++)
