@@ -655,8 +655,11 @@ unsigned mproc_barrier_n_waiting(const mproc_barrier_t *b);
  * segment still mapped by a live process, of this tree or not, is never
  * unlinked; one whose creator lives is left to the creator. It starts with the
  * first named segment created (or with mproc_tracker_start) and ignores
- * SIGINT, SIGTERM and SIGHUP. A fork child shares its parent's tracker; a
- * spawn or forkserver child starts its own if it creates a named segment.
+ * SIGINT, SIGTERM and SIGHUP. Children share their parent's tracker: fork
+ * children inherit its line, spawn and forkserver children are handed a
+ * copy when they start (a child started before its parent had a tracker,
+ * or under forkserver with MPROC_PASS_FDS_MAX fds passed, starts its own
+ * if it creates a named segment).
  * Once no process holds its line, it reclaims what is unused and exits;
  * segments still in use by processes it does not watch are left to a copy
  * of it that re-checks them every 250 ms until they are reclaimed.
