@@ -545,7 +545,10 @@ int mproc_array_open(mproc_shm_t *shm, const char *name, mproc_ctype_t type, voi
  * Every wait takes timeout_ms (MPROC_FOREVER, 0 to poll), measured on the
  * monotonic clock, is EINTR-safe, and fails with -ETIMEDOUT when it
  * expires. Owners are threads: a lock taken by one thread is released by
- * the same thread.
+ * the same thread. Robustness needs the thread's robust list, which glibc
+ * keeps for every thread it creates and for the child of fork(); a thread
+ * made by raw clone(), or a child made by _Fork() or a raw fork syscall,
+ * takes locks that work but are not recovered at its death.
  */
 
 /*
@@ -616,7 +619,8 @@ int mproc_event_set(mproc_event_t *ev);
 int mproc_event_clear(mproc_event_t *ev);
 /* 1 if set, 0 if not. */
 int mproc_event_is_set(const mproc_event_t *ev);
-/* 0 once set (at once if it is), -ETIMEDOUT. */
+/* 0 once set (at once if it is), -ETIMEDOUT. A set wakes every waiter of
+ * the moment, even if the event is cleared again before it runs. */
 int mproc_event_wait(mproc_event_t *ev, int timeout_ms);
 
 /*

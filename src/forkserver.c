@@ -378,6 +378,10 @@ _Noreturn static void become_child(const mproc__request_t *req, mproc_entry_fn f
         keep[nkeep++] = exit_fd;
     if (cwd_fd >= 0)
         keep[nkeep++] = cwd_fd;
+    /* State of the helper's own that names fds about to go (a preload may
+     * have made segments and started a tracker): forget, never reuse. */
+    mproc__tracker_forget();
+    mproc__shm_forget_fds();
     mproc__close_fds_except(keep, nkeep);
     for (uint32_t i = 0; i < req->nfds; i++) {
         if (dup2(parked[i], req->fds[i]) < 0) /* dup2 clears FD_CLOEXEC */

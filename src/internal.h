@@ -134,13 +134,14 @@ _Noreturn void mproc__child_fail(int code);
 int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pid, int *pidfd,
                  int *sock);
 /*
- * The exec part alone: posix_spawn this executable with env_entry
- * ("NAME=value") added to our environment, fds 0-2 and keep[] only, every
- * signal at its default, those in *blocked (NULL: none) blocked.
- * *child_closes: the child must close stray fds itself (no closefrom here).
+ * The exec part alone: posix_spawn this executable with env_add[] ("NAME=
+ * value" each, NULL-terminated) set in a copy of our environment, fds 0-2
+ * and keep[] only, every signal at its default, those in *blocked (NULL:
+ * none) blocked. *child_closes: the child must close stray fds itself (no
+ * closefrom here).
  */
-int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, const sigset_t *blocked,
-                      pid_t *pid, int *child_closes);
+int mproc__spawn_exec(const char *const *env_add, const int *keep, size_t nkeep,
+                      const sigset_t *blocked, pid_t *pid, int *child_closes);
 /* In mproc_init: 1 and the request if this process is a spawn child, 0 if
  * not. The request socket is returned in *sock. */
 int mproc__spawn_receive(mproc__request_t *req, void **buf, int *sock);
@@ -200,6 +201,9 @@ int mproc__tracker_register(const char *file, uint64_t dev, uint64_t ino);
  */
 int mproc__tracker_line_dup(pid_t *pid);
 void mproc__tracker_adopt(int fd, pid_t pid);
+/* Drop the line without closing it: its fd is being closed under us (a
+ * forkserver child closing everything the helper had). */
+void mproc__tracker_forget(void);
 int mproc__tracker_unregister(const char *file, uint64_t dev, uint64_t ino);
 /*
  * Unlink the segment file if nobody uses it: 1 unlinked (or would be, with
@@ -231,6 +235,10 @@ typedef struct {
  * Allocate an object of size bytes and type in the arena, zeroed; init
  * (may be NULL) prepares it before anyone can find it by name.
  */
+/* A forkserver child is about to close every fd the helper had: handles the
+ * helper made (in a preload) keep their mappings but lose their fds. */
+void mproc__shm_forget_fds(void);
+
 int mproc__shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, uint32_t ctype,
                    size_t size, int (*init)(void *obj, void *ctx), void *ctx, void **out);
 

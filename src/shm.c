@@ -125,14 +125,12 @@ static void publish(mproc_shm_t *shm)
     pthread_mutex_unlock(&segs_lock);
 }
 
-static void unpublish(mproc_shm_t *shm)
+void mproc__shm_forget_fds(void)
 {
+    mproc_once(&segs_once, segs_setup, NULL);
     pthread_mutex_lock(&segs_lock);
-    for (mproc_shm_t **pp = &segs; *pp; pp = &(*pp)->next)
-        if (*pp == shm) {
-            *pp = shm->next;
-            break;
-        }
+    for (mproc_shm_t *s = segs; s; s = s->next)
+        s->fd = -1;
     pthread_mutex_unlock(&segs_lock);
 }
 
@@ -392,7 +390,7 @@ static int open_once(mproc_shm_t *shm, const char *path)
 {
     shm->fd = shm_open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
     if (shm->fd < 0)
-        return -errno;
+        return errno == EACCES ? -EPERM : -errno; /* another user's 0600 file */
     int rc = lock_shared(shm->fd);
     struct stat st;
     if (rc == 0 && fstat(shm->fd, &st) < 0)
@@ -569,13 +567,19 @@ int mproc_shm_close(mproc_shm_t *shm)
 {
     if (!shm)
         return 0;
+    /* The last reference leaves the list in the same critical section, so
+     * an attach in another thread cannot pick up a handle being freed. */
     pthread_mutex_lock(&segs_lock);
     int last = --shm->refs <= 0;
+    if (last)
+        for (mproc_shm_t **pp = &segs; *pp; pp = &(*pp)->next)
+            if (*pp == shm) {
+                *pp = shm->next;
+                break;
+            }
     pthread_mutex_unlock(&segs_lock);
-    if (!last)
-        return 0;
-    unpublish(shm);
-    destroy(shm);
+    if (last)
+        destroy(shm);
     return 0;
 }
 
@@ -767,9 +771,12 @@ int mproc_shm_free(mproc_shm_t *shm, void *ptr)
         if (after)
             after->prev_size = b->size;
     }
-    if (b->prev_size) {
+    /* prev_size is shared memory too: merge backwards only into a block
+     * that really ends where this one starts (else leave it unmerged). */
+    uint64_t before = (uint64_t)((unsigned char *)b - arena_start(shm));
+    if (b->prev_size && b->prev_size <= before && b->prev_size % BLOCK_ALIGN == 0) {
         block_t *p = (block_t *)((unsigned char *)b - b->prev_size);
-        if (!p->used) {
+        if (block_sane(shm, p) && p->size == b->prev_size && !p->used) {
             __atomic_store_n(&p->size, p->size + b->size, __ATOMIC_RELEASE);
             block_t *after = next_block(shm, p);
             if (after)

@@ -47,24 +47,34 @@ static int is_var(const char *kv, const char *name)
     return strncmp(kv, name, n) == 0 && kv[n] == '=';
 }
 
-/* The environment of the child: ours, minus any stale MPROC_SPAWN or
- * variable of the entry's name, plus the entry ("NAME=value"). */
-static char **child_environ(char *entry)
+static int is_var_of(const char *kv, const char *entry)
 {
-    char name[64];
-    size_t nl = strcspn(entry, "=");
-    snprintf(name, sizeof name, "%.*s", (int)nl, entry);
-    size_t n = 0;
+    size_t n = strcspn(entry, "=");
+    return strncmp(kv, entry, n) == 0 && kv[n] == '=';
+}
+
+/* The environment of the child: ours, minus any stale MPROC_SPAWN and the
+ * variables add[] sets, plus add[] ("NAME=value" each, NULL-terminated). */
+static char **child_environ(const char *const *add)
+{
+    size_t n = 0, na = 0;
     while (environ && environ[n])
         n++;
-    char **env = malloc((n + 2) * sizeof *env);
+    while (add[na])
+        na++;
+    char **env = malloc((n + na + 1) * sizeof *env);
     if (!env)
         return NULL;
     size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!is_var(environ[i], SPAWN_ENV) && !is_var(environ[i], name))
+    for (size_t i = 0; i < n; i++) {
+        int drop = is_var(environ[i], SPAWN_ENV);
+        for (size_t j = 0; j < na && !drop; j++)
+            drop = is_var_of(environ[i], add[j]);
+        if (!drop)
             env[k++] = environ[i];
-    env[k++] = entry;
+    }
+    for (size_t j = 0; j < na; j++)
+        env[k++] = (char *)add[j];
     env[k] = NULL;
     return env;
 }
@@ -136,8 +146,8 @@ static void kill_and_reap(pid_t pid, int pidfd, int leaving)
     mproc__reap(pid, pidfd, 1, &code);
 }
 
-int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, const sigset_t *blocked,
-                      pid_t *pid_out, int *child_closes)
+int mproc__spawn_exec(const char *const *env_add, const int *keep, size_t nkeep,
+                      const sigset_t *blocked, pid_t *pid_out, int *child_closes)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
@@ -160,9 +170,7 @@ int mproc__spawn_exec(const char *env_entry, const int *keep, size_t nkeep, cons
     if (rc == 0)
         rc = -posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
 
-    char entry[128];
-    snprintf(entry, sizeof entry, "%s", env_entry);
-    char **env = rc == 0 ? child_environ(entry) : NULL;
+    char **env = rc == 0 ? child_environ(env_add) : NULL;
     if (rc == 0 && !env)
         rc = -ENOMEM;
     if (rc == 0) {
@@ -192,7 +200,8 @@ int mproc__spawn(mproc__request_t *req, const int *keep, size_t nkeep, pid_t *pi
     snprintf(entry, sizeof entry, SPAWN_ENV "=%d:%ld", sv[1], (long)getpid());
     pid_t pid = -1;
     int child_closes;
-    int rc = mproc__spawn_exec(entry, all, nall, NULL, &pid, &child_closes);
+    const char *add[] = {entry, NULL};
+    int rc = mproc__spawn_exec(add, all, nall, NULL, &pid, &child_closes);
     if (child_closes)
         req->flags |= MPROC__F_CLOSE_FDS;
     close(sv[1]);

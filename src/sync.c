@@ -277,9 +277,19 @@ int mproc_condition_notify_all(mproc_condition_t *c)
 
 /* ---- event ------------------------------------------------------------------ */
 
+/*
+ * One futex word: bit 0 set/clear, bit 1 "someone sleeps", the rest a count
+ * of sets. A waiter returns when the flag is set or the count moved: a set
+ * wakes everyone waiting at the time even if a clear follows before they
+ * run (as Python's Event.wait, which then returns True). A dead sleeper
+ * leaves bit 1 behind: one spare wake-up at the next set.
+ */
+#define EV_SET 1u
+#define EV_SLEEPERS 2u
+#define EV_COUNT_ONE 4u
+
 struct mproc_event {
-    _Atomic uint32_t flag; /* the futex word */
-    _Atomic uint32_t waiters;
+    _Atomic uint32_t word;
 };
 
 int mproc_event_create(mproc_shm_t *shm, const char *name, mproc_event_t **out)
@@ -296,8 +306,14 @@ int mproc_event_set(mproc_event_t *ev)
 {
     if (!ev)
         return -EINVAL;
-    if (atomic_exchange(&ev->flag, 1) == 0 && atomic_load(&ev->waiters) > 0)
-        mproc__futex_wake((const uint32_t *)&ev->flag, INT_MAX);
+    uint32_t w = atomic_load(&ev->word), nw;
+    do {
+        if (w & EV_SET)
+            return 0;
+        nw = ((w & ~(EV_SET | EV_SLEEPERS)) + EV_COUNT_ONE) | EV_SET;
+    } while (!atomic_compare_exchange_weak(&ev->word, &w, nw));
+    if (w & EV_SLEEPERS)
+        mproc__futex_wake((const uint32_t *)&ev->word, INT_MAX);
     return 0;
 }
 
@@ -305,30 +321,38 @@ int mproc_event_clear(mproc_event_t *ev)
 {
     if (!ev)
         return -EINVAL;
-    atomic_store(&ev->flag, 0);
+    atomic_fetch_and(&ev->word, ~EV_SET);
     return 0;
 }
 
 int mproc_event_is_set(const mproc_event_t *ev)
 {
-    return ev ? (int)atomic_load(&((mproc_event_t *)ev)->flag) : -EINVAL;
+    return ev ? (int)(atomic_load(&((mproc_event_t *)ev)->word) & EV_SET) : -EINVAL;
 }
 
 int mproc_event_wait(mproc_event_t *ev, int timeout_ms)
 {
     if (!ev)
         return -EINVAL;
-    if (atomic_load(&ev->flag))
+    uint32_t w = atomic_load(&ev->word);
+    if (w & EV_SET)
         return 0;
     if (timeout_ms == 0)
         return -ETIMEDOUT;
     int64_t deadline = deadline_of(timeout_ms);
-    atomic_fetch_add(&ev->waiters, 1);
-    int rc = 0;
-    while (!atomic_load(&ev->flag) && rc == 0)
-        rc = mproc__futex_wait((const uint32_t *)&ev->flag, 0, deadline);
-    atomic_fetch_sub(&ev->waiters, 1);
-    return atomic_load(&ev->flag) ? 0 : -ETIMEDOUT;
+    uint32_t count = w & ~(EV_SET | EV_SLEEPERS);
+    for (;;) {
+        if ((w & EV_SET) || (w & ~(EV_SET | EV_SLEEPERS)) != count)
+            return 0; /* set, or set (and maybe cleared) since we came */
+        if (!(w & EV_SLEEPERS) && !atomic_compare_exchange_weak(&ev->word, &w, w | EV_SLEEPERS))
+            continue;
+        if (mproc__futex_wait((const uint32_t *)&ev->word, w | EV_SLEEPERS, deadline) ==
+            -ETIMEDOUT) {
+            w = atomic_load(&ev->word);
+            return (w & EV_SET) || (w & ~(EV_SET | EV_SLEEPERS)) != count ? 0 : -ETIMEDOUT;
+        }
+        w = atomic_load(&ev->word);
+    }
 }
 
 /* ---- barrier ---------------------------------------------------------------- */

@@ -29,6 +29,8 @@
 #include "internal.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -428,6 +430,12 @@ __attribute__((constructor)) static void tracker_detect(void)
         return;
     unsetenv(TRACKER_ENV);
     mproc__set_cloexec((int)fd, 1);
+    /* Nothing to say, and it may outlive the program: holding its stdout
+     * would keep a `$(prog)` or a log pipe open long after the program. */
+    int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int i = 0; null_fd >= 0 && i <= 2; i++)
+        if (i != null_fd)
+            dup2(null_fd, i);
     int keep = (int)fd;
     mproc__close_fds_except(&keep, 1);
     tracker_serve((int)fd);
@@ -440,8 +448,42 @@ __attribute__((constructor)) static void tracker_detect(void)
  * it, so it neither waits for nor reaps it. */
 static pthread_mutex_t client_lock = PTHREAD_MUTEX_INITIALIZER;
 static int line = -1;
+static dev_t line_dev; /* what the line's fd number must still name */
+static ino_t line_ino;
 static pid_t tracker_pid_, starter_pid, tracker_pidfd = -1;
 static mproc_once_t client_once = MPROC_ONCE_INIT;
+
+/* Under client_lock: take fd as the line. */
+static void set_line(int fd)
+{
+    struct stat st;
+    line = fd;
+    line_dev = 0;
+    line_ino = 0;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+        line_dev = st.st_dev;
+        line_ino = st.st_ino;
+    }
+}
+
+/*
+ * Under client_lock: 1 if the line's fd number still names the line. Code
+ * that forks by hand may close every fd (mproc_close_fds_except) and reuse
+ * the number for a socket of its own: then the line is forgotten, never
+ * written to or closed.
+ */
+static int line_ok(void)
+{
+    struct stat st;
+    if (line < 0)
+        return 0;
+    if (fstat(line, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == line_dev &&
+        st.st_ino == line_ino)
+        return 1;
+    line = -1;
+    return 0;
+}
+
 
 static void client_after_fork(void)
 {
@@ -456,6 +498,16 @@ static int client_setup(void *ctx)
 {
     (void)ctx;
     return mproc__atfork_child(client_after_fork);
+}
+
+void mproc__tracker_forget(void)
+{
+    mproc_once(&client_once, client_setup, NULL);
+    pthread_mutex_lock(&client_lock);
+    line = -1; /* its fd is gone (or about to be), not to be closed */
+    tracker_pidfd = -1;
+    starter_pid = 0;
+    pthread_mutex_unlock(&client_lock);
 }
 
 /* Collect a tracker we started once it has exited (a zombie otherwise). */
@@ -486,10 +538,79 @@ static int reap_tracker(int block_ms)
     return 0;
 }
 
+/* The executable's dynamic section and load base, from the first entry. */
+typedef struct {
+    const ElfW(Dyn) *dyn;
+    uintptr_t base;
+} main_info_t;
+
+static int first_object(struct dl_phdr_info *info, size_t size, void *ctx)
+{
+    (void)size;
+    main_info_t *m = ctx;
+    m->base = (uintptr_t)info->dlpi_addr;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+            m->dyn = (const ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+    return 1; /* the first entry is the executable */
+}
+
+/* The executable names a library called like ours (libmproc.so.0) among
+ * the ones it needs: ours is loaded before main in any exec of it. */
+static int main_needs(const main_info_t *m, const char *lib)
+{
+    if (!m->dyn)
+        return 0;
+    uintptr_t strtab = 0;
+    for (const ElfW(Dyn) *d = m->dyn; d->d_tag != DT_NULL; d++)
+        if (d->d_tag == DT_STRTAB)
+            strtab = (uintptr_t)d->d_un.d_ptr;
+    if (!strtab)
+        return 0;
+    if (strtab < m->base)
+        strtab += m->base; /* not relocated in place by this loader */
+    const char *base = strrchr(lib, '/');
+    base = base ? base + 1 : lib;
+    for (const ElfW(Dyn) *d = m->dyn; d->d_tag != DT_NULL; d++)
+        if (d->d_tag == DT_NEEDED && strcmp((const char *)strtab + d->d_un.d_val, base) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * "LD_PRELOAD=<this library> [<the one we had>]" when the tracker, a
+ * re-execution of this program, would otherwise not load libmproc before
+ * main: the program loaded it with dlopen (a plugin, an interpreter's
+ * extension) or through another library. Without it, the re-executed
+ * program would run its own main instead of becoming the tracker. NULL when
+ * mproc is linked into the executable or a library the executable needs
+ * directly (nothing to do; and preloading would upset sanitizer runtimes
+ * that must come first).
+ */
+static char *preload_entry(void)
+{
+    Dl_info di;
+    main_info_t m = {NULL, 0};
+    dl_iterate_phdr(first_object, &m);
+    if (!dladdr((void *)tracker_detect, &di) || !di.dli_fname || !*di.dli_fname ||
+        (uintptr_t)di.dli_fbase == m.base || main_needs(&m, di.dli_fname))
+        return NULL;
+    char *path = realpath(di.dli_fname, NULL);
+    if (!path)
+        return NULL;
+    const char *old = getenv("LD_PRELOAD");
+    size_t n = strlen(path) + (old ? strlen(old) : 0) + 32;
+    char *entry = malloc(n);
+    if (entry)
+        snprintf(entry, n, "LD_PRELOAD=%s%s%s", path, old && *old ? " " : "", old ? old : "");
+    free(path);
+    return entry;
+}
+
 /* Under client_lock. */
 static int start_locked(void)
 {
-    if (line >= 0)
+    if (line_ok())
         return 0;
     reap_tracker(0); /* a previous one of ours that died */
     int sv[2];
@@ -506,6 +627,8 @@ static int start_locked(void)
     }
     char entry[64];
     snprintf(entry, sizeof entry, TRACKER_ENV "=%d:%ld", sv[1], (long)getpid());
+    char *preload = preload_entry();
+    const char *add[] = {entry, preload, NULL};
     pid_t pid;
     int child_closes;
     /* Blocked from birth, ignored before they are unblocked: a Ctrl-C that
@@ -515,13 +638,14 @@ static int start_locked(void)
     sigaddset(&blocked, SIGINT);
     sigaddset(&blocked, SIGTERM);
     sigaddset(&blocked, SIGHUP);
-    int rc = mproc__spawn_exec(entry, &sv[1], 1, &blocked, &pid, &child_closes);
+    int rc = mproc__spawn_exec(add, &sv[1], 1, &blocked, &pid, &child_closes);
+    free(preload);
     close(sv[1]);
     if (rc < 0) {
         close(sv[0]);
         return rc;
     }
-    line = sv[0];
+    set_line(sv[0]);
     tracker_pid_ = pid;
     starter_pid = getpid();
     tracker_pidfd = mproc__have_pidfd() ? mproc__pidfd_open(pid) : -1;
@@ -561,7 +685,7 @@ static int tell(uint32_t op, const char *file, uint64_t dev, uint64_t ino)
     int rc = 0;
     if (op == OP_REGISTER)
         rc = start_locked();
-    if (rc == 0 && line >= 0) {
+    if (rc == 0 && line_ok()) {
         rc = send_msg(&m);
         if (rc == -EPIPE || rc == -ECONNRESET || rc == -ECONNREFUSED) {
             /* The tracker died (killed by hand): start another. */
@@ -585,7 +709,7 @@ int mproc__tracker_line_dup(pid_t *pid)
     *pid = 0;
     mproc_once(&client_once, client_setup, NULL);
     pthread_mutex_lock(&client_lock);
-    int fd = line >= 0 ? fcntl(line, F_DUPFD_CLOEXEC, 3) : -1;
+    int fd = line_ok() ? fcntl(line, F_DUPFD_CLOEXEC, 3) : -1;
     if (fd >= 0)
         *pid = tracker_pid_;
     pthread_mutex_unlock(&client_lock);
@@ -602,9 +726,9 @@ void mproc__tracker_adopt(int fd, pid_t pid)
     mproc__set_cloexec(fd, 1);
     mproc_once(&client_once, client_setup, NULL);
     pthread_mutex_lock(&client_lock);
-    if (line >= 0 && line != fd)
+    if (line_ok() && line != fd)
         close(line); /* a forkserver helper's own, inherited through its fork */
-    line = fd;
+    set_line(fd);
     tracker_pid_ = pid > 0 ? pid : 0;
     starter_pid = 0; /* not ours to wait for */
     pthread_mutex_unlock(&client_lock);
@@ -633,7 +757,7 @@ pid_t mproc_tracker_pid(void)
 {
     mproc_once(&client_once, client_setup, NULL);
     pthread_mutex_lock(&client_lock);
-    pid_t pid = line >= 0 ? tracker_pid_ : 0;
+    pid_t pid = line_ok() ? tracker_pid_ : 0;
     pthread_mutex_unlock(&client_lock);
     return pid;
 }
@@ -642,7 +766,7 @@ int mproc_tracker_stop(int timeout_ms)
 {
     mproc_once(&client_once, client_setup, NULL);
     pthread_mutex_lock(&client_lock);
-    if (line >= 0)
+    if (line_ok())
         close(line);
     line = -1;
     int rc = reap_tracker(timeout_ms);
