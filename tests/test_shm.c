@@ -1102,6 +1102,29 @@ static void test_corrupt_block_headers(void)
     }
     tu_context(NULL);
 
+    /* a prev_size pointing far before the arena, or inside a neighbour's
+     * payload: free does not merge backwards through it (it used to read
+     * and write there), and the arena stays usable */
+    static const uint64_t bad_prev[] = {1ull << 40, 64, 3};
+    for (size_t i = 0; i < sizeof bad_prev / sizeof bad_prev[0]; i++) {
+        tu_context("prev_size %llu", (unsigned long long)bad_prev[i]);
+        mproc_shm_t *s = NULL;
+        TU_REQUIRE_OK(mproc_shm_create(&s, 16 * 1024));
+        void *a = NULL, *b = NULL, *q = NULL;
+        TU_CHECK_OK(mproc_shm_alloc(s, 100, "a", &a));
+        TU_CHECK_OK(mproc_shm_alloc(s, 100, "b", &b));
+        TU_CHECK_OK(mproc_shm_free(s, a)); /* b's neighbour is free: a merge candidate */
+        if (b) {
+            uint64_t *hdr = (uint64_t *)((unsigned char *)b - MPROC_SHM_OBJECT_OVERHEAD);
+            hdr[1] = bad_prev[i]; /* prev_size: the second field */
+            TU_CHECK_OK(mproc_shm_free(s, b));
+        }
+        TU_CHECK_OK(mproc_shm_alloc(s, 100, "c", &q));
+        TU_CHECK_OK(mproc_shm_find(s, "c", MPROC_OBJ_BYTES, &q));
+        TU_CHECK_OK(mproc_shm_close(s));
+    }
+    tu_context(NULL);
+
     /* an array whose recorded payload outgrows its block: not an object */
     mproc_shm_t *s = NULL;
     TU_REQUIRE_OK(mproc_shm_create(&s, 16 * 1024));

@@ -17,6 +17,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sys/socket.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -914,6 +916,79 @@ static void test_raw_fork_child_tracked(void)
     TU_CHECK_OK(mproc_tracker_stop(TU_T_MS));
 }
 
+/* Code that forks by hand and closes every fd (mproc_close_fds_except),
+ * then reuses the tracker line's fd number for a socket of its own: the
+ * next named segment must not write into that socket; the child starts a
+ * tracker of its own instead. */
+static int stale_line_child(void *vctx)
+{
+    (void)vctx;
+    if (mproc_close_fds_except(NULL, 0) != 0)
+        return 10;
+    /* Take the lowest free numbers, the line's among them. */
+    enum { NPAIRS = 16 };
+    int sv[NPAIRS][2];
+    for (int i = 0; i < NPAIRS; i++)
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv[i]) < 0)
+            return 11;
+    mproc_shm_t *s = NULL;
+    if (mproc_shm_create_named(&s, 4096, NULL) != 0)
+        return 12;
+    int leaked = 0;
+    for (int i = 0; i < NPAIRS; i++)
+        for (int j = 0; j < 2; j++) {
+            char buf[512];
+            leaked |= recv(sv[i][j], buf, sizeof buf, MSG_DONTWAIT) >= 0;
+        }
+    pid_t t = mproc_tracker_pid();
+    mproc_shm_unlink(s);
+    mproc_shm_close(s);
+    if (mproc_tracker_stop(TU_T_MS) != 0)
+        return 13;
+    if (leaked)
+        return 14; /* a tracker message landed in our own socket */
+    return t > 0 ? 0 : 15;
+}
+
+static void test_stale_line_after_close_fds(void)
+{
+    mproc_shm_t *s = NULL;
+    TU_REQUIRE_OK(mproc_shm_create_named(&s, 4096, NULL)); /* starts our tracker */
+    TU_CHECK(mproc_tracker_pid() > 0);
+    int st = -1;
+    TU_CHECK_OK(tu_run_child(stale_line_child, NULL, TU_T_MS, &st));
+    TU_CHECK_EQ_INT(st, 0);
+    TU_CHECK_OK(mproc_shm_unlink(s));
+    TU_CHECK_OK(mproc_shm_close(s));
+    TU_CHECK_OK(mproc_tracker_stop(TU_T_MS));
+}
+
+/* The tracker may outlive the program: it must not hold the program's
+ * stdio (a `$(prog)` or a log pipe would stay open). */
+static void test_tracker_stdio_is_devnull(void)
+{
+    TU_REQUIRE_OK(mproc_tracker_start());
+    pid_t t = mproc_tracker_pid();
+    TU_REQUIRE(t > 0);
+    for (int fd = 0; fd <= 2; fd++) {
+        char link[64], target[256] = "";
+        snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)t, fd);
+        /* the tracker sets this up before main would run: wait (bounded) */
+        int64_t end = tu_now_ms() + TU_T_MS;
+        ssize_t n;
+        while ((n = readlink(link, target, sizeof target - 1)) < 0 ||
+               (target[n] = '\0', strcmp(target, "/dev/null") != 0)) {
+            if (tu_now_ms() > end)
+                break;
+            sched_yield();
+        }
+        tu_context("fd %d", fd);
+        TU_CHECK(strcmp(target, "/dev/null") == 0);
+    }
+    tu_context(NULL);
+    TU_CHECK_OK(mproc_tracker_stop(TU_T_MS));
+}
+
 /* mproc_clean(), the library side of `mproc clean`: a segment whose
  * creator and tracker were both SIGKILLed (the tracker first) is found,
  * reported once through fn, kept by a dry run and unlinked by a real one;
@@ -997,6 +1072,8 @@ static const tu_case_t cases[] = {
     TU_CASE(test_unrelated_user_exits),
     TU_CASE(test_open_races_reclaim),
     TU_CASE(test_raw_fork_child_tracked),
+    TU_CASE(test_stale_line_after_close_fds),
+    TU_CASE(test_tracker_stdio_is_devnull),
     TU_CASE(test_clean_api),
     TU_CASE(test_live_creators_closed_segment_kept),
     TU_END,
