@@ -57,15 +57,36 @@ struct robust_head {
     void *list_op_pending;
 };
 
-/* This thread's robust list head; NULL if it has none (a thread glibc did
- * not create), in which case locks work but are not robust. */
-static _Thread_local struct robust_head *tls_head __attribute__((tls_model("initial-exec")));
-static _Thread_local int tls_head_known __attribute__((tls_model("initial-exec")));
+/* This thread's robust list head (NULL if it has none: a thread glibc did
+ * not create, whose locks work but are not robust) and id, together: the
+ * uncontended paths read both with one TLS address computation. Zeroed in
+ * a fork child, whose thread has another id. */
+static _Thread_local struct {
+    struct robust_head *head;
+    pid_t tid;
+    int known;
+} self __attribute__((tls_model("initial-exec")));
+
+static void self_after_fork(void)
+{
+    self.head = NULL;
+    self.tid = 0;
+    self.known = 0;
+}
+
+static int self_setup(void *ctx)
+{
+    (void)ctx;
+    return mproc__atfork_child(self_after_fork);
+}
+
+static mproc_once_t self_once = MPROC_ONCE_INIT;
 
 static struct robust_head *robust_head(void)
 {
-    if (__builtin_expect(tls_head_known, 1))
-        return tls_head;
+    if (__builtin_expect(self.known, 1))
+        return self.head;
+    mproc_once(&self_once, self_setup, NULL);
     pthread_mutex_t m;
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
@@ -80,8 +101,9 @@ static struct robust_head *robust_head(void)
     pthread_mutex_destroy(&m);
     if (h && h->futex_offset != LOCK_FUTEX_OFFSET)
         h = NULL; /* not the layout we know: no robustness rather than harm */
-    tls_head = h;
-    tls_head_known = 1;
+    self.head = h;
+    self.tid = mproc__tid();
+    self.known = 1;
     return h;
 }
 
@@ -244,8 +266,8 @@ int mproc__lock_held(const struct mproc_lock *l)
  * count is an rlock's only: `recursive` is a constant at each call. */
 static inline int lock_take_fast(struct mproc_lock *l, int recursive)
 {
-    struct robust_head *h = tls_head;
-    pid_t tid = mproc__tid_cache;
+    struct robust_head *h = self.head;
+    pid_t tid = self.tid;
     if (__builtin_expect(!h || !tid, 0))
         return 1;
     uint32_t w = 0;
@@ -262,8 +284,8 @@ static inline int lock_take_fast(struct mproc_lock *l, int recursive)
 
 static inline int lock_give_fast(struct mproc_lock *l, int recursive)
 {
-    struct robust_head *h = tls_head;
-    pid_t tid = mproc__tid_cache;
+    struct robust_head *h = self.head;
+    pid_t tid = self.tid;
     uint32_t w = atomic_load_explicit(&l->word, memory_order_relaxed);
     if (__builtin_expect(!h || !tid || w != (uint32_t)tid || l->state != MPROC__LOCK_OK ||
                              (recursive && l->count > 1),
