@@ -3,6 +3,8 @@
 #   make [all|build]        configure + build (RelWithDebInfo) in build/
 #   make test               deps, build, ctest; without SANITIZE/PORTABLE also
 #                           the same suite in build/portable (POSIX fallbacks)
+#                           and every fuzz target for FUZZ_SECONDS (10) each
+#   make fuzz               the fuzz targets only, FUZZ_SECONDS (300) each
 #   make demo               deps, build, run build/examples/mproc_demo
 #   make bench              deps, build, python3 bench/run.py --build-dir build
 #   make install            build, cmake --install (PREFIX=/usr/local)
@@ -20,6 +22,7 @@
 #   CMAKE_ARGS=...             extra arguments for the CMake configure step
 #   CTEST_ARGS=...             extra arguments for ctest (e.g. -R test_errors)
 #   BENCH_ARGS=...             extra arguments for bench/run.py (e.g. --quick)
+#   FUZZ_SECONDS=N             how long each fuzz target runs
 
 # CMake and ctest do the parallel work; the steps here run in order.
 .NOTPARALLEL:
@@ -86,7 +89,7 @@ define ctest_run
 	cd $(1) && $(CTEST) --output-on-failure --no-label-summary -j$(JOBS) $(CTEST_ARGS)
 endef
 
-.PHONY: all build test demo bench install format format-check clean deps
+.PHONY: all build test fuzz demo bench install format format-check clean deps
 
 all: build
 
@@ -103,19 +106,33 @@ deps:
 # against the portable build (MPROC_NO_FASTPATHS: no pidfd, clone3,
 # close_range, memfd) so that CI covers the fallbacks. Both runs always
 # happen (each prints its CTest summary); the target fails if either failed.
+# The fuzz targets: clang with libFuzzer, library and harness under ASan
+# and UBSan, nothing else built there (fuzz/CMakeLists.txt).
+FUZZ_DIR := build/fuzz
+FUZZ_ARGS := -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DMPROC_FUZZ=ON \
+	-DMPROC_BUILD_TESTS=OFF -DMPROC_BUILD_BENCH=OFF -DMPROC_BUILD_EXAMPLES=OFF \
+	-DMPROC_BUILD_TOOLS=OFF
+
 ifeq ($(SANITIZE)$(PORTABLE_ON),)
 test: deps build
 	$(call cmake_build,build/portable,-DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DMPROC_PORTABLE=ON $(if $(CONFIG_CC),-DCMAKE_C_COMPILER=$(CONFIG_CC)) $(CMAKE_ARGS))
+	$(call cmake_build,$(FUZZ_DIR),$(FUZZ_ARGS))
 	@rc=0; \
 	echo "== ctest: build (Linux fast paths)"; \
 	( $(call ctest_run,build) ) || rc=1; \
 	echo "== ctest: build/portable (POSIX fallbacks)"; \
 	( $(call ctest_run,build/portable) ) || rc=1; \
+	echo "== ctest: build/fuzz (each fuzz target for $${FUZZ_SECONDS:-10} s)"; \
+	( cd $(FUZZ_DIR) && FUZZ_SECONDS=$${FUZZ_SECONDS:-10} $(CTEST) --output-on-failure --no-label-summary -j$(JOBS) $(CTEST_ARGS) ) || rc=1; \
 	exit $$rc
 else
 test: deps build
 	$(call ctest_run,$(BUILD_DIR))
 endif
+
+fuzz: deps
+	$(call cmake_build,$(FUZZ_DIR),$(FUZZ_ARGS))
+	cd $(FUZZ_DIR) && FUZZ_SECONDS=$${FUZZ_SECONDS:-300} $(CTEST) --output-on-failure --no-label-summary -j$(JOBS) $(CTEST_ARGS)
 
 demo: deps build
 	$(BUILD_DIR)/examples/mproc_demo
@@ -129,7 +146,7 @@ install: build
 	$(CMAKE) --install $(BUILD_DIR) --prefix $(PREFIX)
 	@if [ "$$(id -u)" = 0 ] && [ -z "$$DESTDIR" ] && command -v ldconfig >/dev/null 2>&1; then ldconfig; fi
 
-FORMAT_DIRS := include src tools tests bench examples
+FORMAT_DIRS := include src tools tests bench examples fuzz
 FORMAT_FILES = $(shell find $(FORMAT_DIRS) -name '*.[ch]' -type f 2>/dev/null | sort)
 
 format:

@@ -211,6 +211,9 @@ int mproc__tracker_unregister(const char *file, uint64_t dev, uint64_t ino);
  * dev == 0 any inode under that name is considered.
  */
 int mproc__shm_reclaim(const char *file, uint64_t dev, uint64_t ino, int dry_run);
+/* A message on the tracker's line (len bytes) is well formed: the one
+ * check between what a process sends and what the tracker acts on. */
+int mproc__tracker_msg_ok(const void *buf, size_t len);
 
 /* ---- shm.c: segments and the arena -------------------------------------- */
 

@@ -260,10 +260,19 @@ static size_t count_orphans(void)
     return n;
 }
 
+int mproc__tracker_msg_ok(const void *buf, size_t len)
+{
+    track_msg_t m;
+    if (len != sizeof m)
+        return 0;
+    memcpy(&m, buf, sizeof m);
+    return m.magic == MSG_MAGIC && (m.op == OP_REGISTER || m.op == OP_UNREGISTER) &&
+           memchr(m.file, '\0', sizeof m.file) != NULL && file_ok(m.file);
+}
+
 static void on_message(const track_msg_t *m, pid_t sender)
 {
-    if (m->magic != MSG_MAGIC || memchr(m->file, '\0', sizeof m->file) == NULL ||
-        !file_ok(m->file) || sender <= 0)
+    if (!mproc__tracker_msg_ok(m, sizeof *m) || sender <= 0)
         return;
     if (m->op == OP_REGISTER) {
         for (size_t i = 0; i < n_entries; i++)
