@@ -493,7 +493,6 @@ static int line_ok(void)
     return 0;
 }
 
-
 static void client_after_fork(void)
 {
     pthread_mutex_init(&client_lock, NULL);
@@ -549,7 +548,7 @@ static int reap_tracker(int block_ms)
 
 /* The executable's dynamic section and load base, from the first entry. */
 typedef struct {
-    const ElfW(Dyn) *dyn;
+    const ElfW(Dyn) * dyn;
     uintptr_t base;
 } main_info_t;
 
