@@ -461,6 +461,13 @@ static dev_t line_dev; /* what the line's fd number must still name */
 static ino_t line_ino;
 static pid_t tracker_pid_, starter_pid, tracker_pidfd = -1;
 static mproc_once_t client_once = MPROC_ONCE_INIT;
+/* Trackers of ours a stop gave up waiting for, replaced since: collected
+ * whenever this process touches the tracker again (zombies otherwise). */
+static struct {
+    pid_t pid;
+    int pidfd;
+} retired[4];
+static int n_retired;
 
 /* Under client_lock: take fd as the line. */
 static void set_line(int fd)
@@ -496,6 +503,10 @@ static int line_ok(void)
 static void client_after_fork(void)
 {
     pthread_mutex_init(&client_lock, NULL);
+    for (int i = 0; i < n_retired; i++)
+        if (retired[i].pidfd >= 0)
+            close(retired[i].pidfd);
+    n_retired = 0; /* our parent's children, not ours */
     /* Not ours to wait for; the inherited pidfd is dropped. */
     if (tracker_pidfd >= 0)
         close(tracker_pidfd);
@@ -615,12 +626,37 @@ static char *preload_entry(void)
     return entry;
 }
 
+/* Under client_lock: collect retired trackers that have exited. */
+static void reap_retired(void)
+{
+    int k = 0;
+    for (int i = 0; i < n_retired; i++) {
+        int code;
+        if (mproc__reap(retired[i].pid, retired[i].pidfd, 0, &code) != 0) {
+            if (retired[i].pidfd >= 0)
+                close(retired[i].pidfd);
+            continue;
+        }
+        retired[k++] = retired[i];
+    }
+    n_retired = k;
+}
+
 /* Under client_lock. */
 static int start_locked(void)
 {
     if (line_ok())
         return 0;
-    reap_tracker(0); /* a previous one of ours that died */
+    reap_retired();
+    /* A previous one of ours: collected if it has exited; if it is still
+     * finishing (a stop that timed out), retired, to be collected later. */
+    if (reap_tracker(0) == -ETIMEDOUT && n_retired < (int)MPROC__ARRAY_LEN(retired)) {
+        retired[n_retired].pid = tracker_pid_;
+        retired[n_retired++].pidfd = tracker_pidfd;
+        tracker_pidfd = -1;
+        tracker_pid_ = 0;
+        starter_pid = 0;
+    }
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         return -errno;
@@ -777,6 +813,7 @@ int mproc_tracker_stop(int timeout_ms)
     if (line_ok())
         close(line);
     line = -1;
+    reap_retired();
     int rc = reap_tracker(timeout_ms);
     if (starter_pid != getpid())
         tracker_pid_ = 0; /* a fork child's view: gone from here */

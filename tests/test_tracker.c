@@ -989,6 +989,52 @@ static void test_tracker_stdio_is_devnull(void)
     TU_CHECK_OK(mproc_tracker_stop(TU_T_MS));
 }
 
+/* A stop that times out (a fork child still holds the line), then a new
+ * tracker: the old one, once its last holder is gone, is still collected
+ * by this process (the leak checker fails the case on a zombie). */
+static int hold_line_child(void *vctx)
+{
+    int *p = vctx; /* the pipe: wait for EOF on p[0] */
+    close(p[1]);
+    char c;
+    while (read(p[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
+static void test_stop_timeout_then_restart(void)
+{
+    mproc_shm_t *s = NULL;
+    TU_REQUIRE_OK(mproc_shm_create_named(&s, 4096, NULL));
+    pid_t first = mproc_tracker_pid();
+    TU_REQUIRE(first > 0);
+    int bp[2];
+    TU_REQUIRE(tu_pipe(bp) == 0);
+    int pidfd = -1;
+    pid_t child = tu_fork(hold_line_child, bp, &pidfd); /* inherits the line */
+    close(bp[0]);
+    TU_CHECK_EQ_INT(mproc_tracker_stop(50), -ETIMEDOUT); /* the child holds it */
+    mproc_shm_t *s2 = NULL;
+    TU_CHECK_OK(mproc_shm_create_named(&s2, 4096, NULL)); /* a new tracker */
+    TU_CHECK(mproc_tracker_pid() > 0 && mproc_tracker_pid() != first);
+    close(bp[1]); /* the child leaves: the first tracker's line closes */
+    if (child > 0) {
+        int st = -1;
+        TU_CHECK_OK(tu_wait_child(child, pidfd, TU_T_MS, &st));
+    }
+    int fd = tu_pidfd_open(first);
+    if (fd >= 0) {
+        TU_CHECK_EQ_INT(tu_wait_readable(fd, TU_T_MS), 1); /* it exits */
+        close(fd);
+    }
+    TU_CHECK_OK(mproc_shm_unlink(s));
+    TU_CHECK_OK(mproc_shm_close(s));
+    TU_CHECK_OK(mproc_shm_unlink(s2));
+    TU_CHECK_OK(mproc_shm_close(s2));
+    TU_CHECK_OK(mproc_tracker_stop(TU_T_MS));           /* collects both */
+    TU_CHECK_EQ_INT(tu_try_reap(first, NULL), -ECHILD); /* already collected */
+}
+
 /* mproc_clean(), the library side of `mproc clean`: a segment whose
  * creator and tracker were both SIGKILLed (the tracker first) is found,
  * reported once through fn, kept by a dry run and unlinked by a real one;
@@ -1074,6 +1120,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_raw_fork_child_tracked),
     TU_CASE(test_stale_line_after_close_fds),
     TU_CASE(test_tracker_stdio_is_devnull),
+    TU_CASE(test_stop_timeout_then_restart),
     TU_CASE(test_clean_api),
     TU_CASE(test_live_creators_closed_segment_kept),
     TU_END,
