@@ -547,8 +547,10 @@ int mproc_array_open(mproc_shm_t *shm, const char *name, mproc_ctype_t type, voi
  * expires. Owners are threads: a lock taken by one thread is released by
  * the same thread. Robustness needs the thread's robust list, which glibc
  * keeps for every thread it creates and for the child of fork(); a thread
- * made by raw clone(), or a child made by _Fork() or a raw fork syscall,
- * takes locks that work but are not recovered at its death.
+ * made by raw clone() takes locks that work but are not recovered at its
+ * death. A child made by _Fork() or a raw fork system call runs no at-fork
+ * handlers, so mproc's per-thread state there is its parent's: it must not
+ * use mproc's locks (nor mproc at all) before it execs or exits.
  */
 
 /*

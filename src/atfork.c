@@ -87,6 +87,13 @@ __attribute__((constructor)) static void atfork_install(void)
 int mproc__atfork_child(void (*fn)(void))
 {
     pthread_mutex_lock(&reg_lock);
+    /* Once per hook: callers register from per-process initialisation,
+     * which runs again in every fork child (the child inherits the table). */
+    for (int i = 0; i < n_internal_hooks; i++)
+        if (internal_hooks[i] == fn) {
+            pthread_mutex_unlock(&reg_lock);
+            return 0;
+        }
     int rc = -ENOMEM;
     if (n_internal_hooks < MAX_INTERNAL_HOOKS) {
         internal_hooks[n_internal_hooks++] = fn;

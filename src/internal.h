@@ -33,7 +33,8 @@ void mproc__log(mproc_log_level_t level, const char *fmt, ...)
 
 /* ---- atfork.c ----------------------------------------------------------- */
 /* Run fn in the child of every fork (mproc's or a raw fork()), before the
- * user's child callbacks, in registration order (at most 16). */
+ * user's child callbacks, in registration order (at most 16 hooks; a hook
+ * registered again is registered once). */
 int mproc__atfork_child(void (*fn)(void));
 
 /* ---- request.c: what crosses to a child, and how it is framed ---------- */

@@ -308,8 +308,12 @@ int mproc_event_set(mproc_event_t *ev)
         return -EINVAL;
     uint32_t w = atomic_load(&ev->word), nw;
     do {
-        if (w & EV_SET)
+        if (w & EV_SET) {
+            /* Already set: still publish what the caller wrote before, as
+             * a set that changed the word would (waiters load with acquire). */
+            atomic_fetch_or_explicit(&ev->word, 0, memory_order_release);
             return 0;
+        }
         nw = ((w & ~(EV_SET | EV_SLEEPERS)) + EV_COUNT_ONE) | EV_SET;
     } while (!atomic_compare_exchange_weak(&ev->word, &w, nw));
     if (w & EV_SLEEPERS)

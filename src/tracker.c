@@ -557,10 +557,11 @@ static int reap_tracker(int block_ms)
     return 0;
 }
 
-/* The executable's dynamic section and load base, from the first entry. */
+/* The executable's dynamic section, load base and address range, from
+ * the first entry of the link map. */
 typedef struct {
     const ElfW(Dyn) * dyn;
-    uintptr_t base;
+    uintptr_t base, lo, hi;
 } main_info_t;
 
 static int first_object(struct dl_phdr_info *info, size_t size, void *ctx)
@@ -568,9 +569,19 @@ static int first_object(struct dl_phdr_info *info, size_t size, void *ctx)
     (void)size;
     main_info_t *m = ctx;
     m->base = (uintptr_t)info->dlpi_addr;
-    for (int i = 0; i < info->dlpi_phnum; i++)
-        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
-            m->dyn = (const ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+    m->lo = UINTPTR_MAX;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = (uintptr_t)info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_DYNAMIC)
+            m->dyn = (const ElfW(Dyn) *)start;
+        if (ph->p_type == PT_LOAD) {
+            if (start < m->lo)
+                m->lo = start;
+            if (start + ph->p_memsz > m->hi)
+                m->hi = start + ph->p_memsz;
+        }
+    }
     return 1; /* the first entry is the executable */
 }
 
@@ -609,10 +620,13 @@ static int main_needs(const main_info_t *m, const char *lib)
 static char *preload_entry(void)
 {
     Dl_info di;
-    main_info_t m = {NULL, 0};
+    main_info_t m = {NULL, 0, 0, 0};
     dl_iterate_phdr(first_object, &m);
+    uintptr_t self = (uintptr_t)tracker_detect;
+    if (self >= m.lo && self < m.hi)
+        return NULL; /* linked into the executable (PIE or not) */
     if (!dladdr((void *)tracker_detect, &di) || !di.dli_fname || !*di.dli_fname ||
-        (uintptr_t)di.dli_fbase == m.base || main_needs(&m, di.dli_fname))
+        main_needs(&m, di.dli_fname))
         return NULL;
     char *path = realpath(di.dli_fname, NULL);
     if (!path)

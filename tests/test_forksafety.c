@@ -683,6 +683,45 @@ TU_DEFINE_METHOD_CASES(child_exit_hooks)
 
 /* ------------------------------------------------------------------ main */
 
+/* mproc's own per-process set-up runs again in every fork child; a long
+ * chain of forks must not use up its table of at-fork hooks. Each of 12
+ * generations uses a segment and a lock, then forks; the last starts a
+ * forkserver and forks once more: that child must not see its parent's
+ * helper (the forkserver's at-fork hook, first needed this deep, ran). */
+static int fork_chain(void *vctx)
+{
+    int depth = *(int *)vctx;
+    mproc_shm_t *s = NULL;
+    mproc_lock_t *l = NULL;
+    if (mproc_shm_create(&s, 4096) != 0 || mproc_lock_create(s, NULL, &l) != 0 ||
+        mproc_lock_acquire(l, 1000) != 0 || mproc_lock_release(l) != 0)
+        return 10;
+    mproc_shm_close(s);
+    if (depth > 0) {
+        int next = depth - 1, st = -1;
+        if (tu_run_child(fork_chain, &next, TU_T_MS, &st) != 0)
+            return 11;
+        return st;
+    }
+    if (mproc_forkserver_start(NULL, NULL, 0) != 0 || mproc_forkserver_pid() <= 0)
+        return 12;
+    pid_t c = fork();
+    if (c == 0)
+        _exit(mproc_forkserver_pid() == 0 ? 0 : 13);
+    int st = -1;
+    if (c < 0 || waitpid(c, &st, 0) != c)
+        return 14;
+    mproc_forkserver_stop();
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 15;
+}
+
+static void test_long_fork_chain(void)
+{
+    int depth = 12, st = -1;
+    TU_CHECK_OK(tu_run_child(fork_chain, &depth, 4 * TU_T_MS, &st));
+    TU_CHECK_EQ_INT(st, 0);
+}
+
 /* clang-format off */
 static const tu_case_t cases[] = {
     TU_CASE(test_registry_order),
@@ -693,6 +732,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_once),
     TU_CASE(test_close_fds_except),
     TU_CASE(test_stdio_raw_fork),
+    TU_CASE(test_long_fork_chain),
     TU_METHOD_CASES(child_exit_hooks),
     TU_END,
 };
