@@ -41,13 +41,9 @@ void mproc__spawn_set_argv0(const char *argv0)
         snprintf(spawn_argv0, sizeof spawn_argv0, "%s", argv0);
 }
 
-static int is_var(const char *kv, const char *name)
-{
-    size_t n = strlen(name);
-    return strncmp(kv, name, n) == 0 && kv[n] == '=';
-}
-
-static int is_var_of(const char *kv, const char *entry)
+/* kv ("NAME=value") sets the variable named by entry ("NAME" or
+ * "NAME=value"). */
+static int is_var(const char *kv, const char *entry)
 {
     size_t n = strcspn(entry, "=");
     return strncmp(kv, entry, n) == 0 && kv[n] == '=';
@@ -69,7 +65,7 @@ static char **child_environ(const char *const *add)
     for (size_t i = 0; i < n; i++) {
         int drop = is_var(environ[i], SPAWN_ENV);
         for (size_t j = 0; j < na && !drop; j++)
-            drop = is_var_of(environ[i], add[j]);
+            drop = is_var(environ[i], add[j]);
         if (!drop)
             env[k++] = environ[i];
     }
