@@ -16,7 +16,7 @@
  *
  * The arena is a list of blocks, each a 128-byte header (size, previous
  * size, type, name) and its payload, 64-byte aligned (no false sharing
- * between two locks). Allocation is first-fit under a robust mutex in the
+ * between two locks). Allocation is first-fit under a robust lock in the
  * segment header, written so that a process killed in the middle leaves a
  * walkable list: the next locker gets EOWNERDEAD and re-validates it.
  */

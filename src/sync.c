@@ -2,8 +2,8 @@
  * sync.c - lock, rlock, semaphore, condition, event and barrier, all in
  * shared memory and process-shared.
  *
- * lock and rlock are robust futexes on the kernel's robust-futex list that
- * glibc keeps per thread (see below): the kernel marks a dead holder's
+ * lock and rlock (their locking is lock.c) are robust futexes on the robust-futex list that
+ * glibc keeps per thread (lock.c): the kernel marks a dead holder's
  * locks, so the next acquirer learns of the death (EOWNERDEAD).
  *
  * The others are futex words with no owner state a death could corrupt:
