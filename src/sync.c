@@ -2,9 +2,9 @@
  * sync.c - lock, rlock, semaphore, condition, event and barrier, all in
  * shared memory and process-shared.
  *
- * lock and rlock (their locking is lock.c) are robust futexes on the robust-futex list that
- * glibc keeps per thread (lock.c): the kernel marks a dead holder's
- * locks, so the next acquirer learns of the death (EOWNERDEAD).
+ * lock and rlock are made here and locked by lock.c: robust futexes on the
+ * robust-futex list glibc keeps per thread, so the kernel marks a dead
+ * holder's locks and the next acquirer learns of the death (EOWNERDEAD).
  *
  * The others are futex words with no owner state a death could corrupt:
  * a waiter that dies is simply gone from the kernel's wait queue. Waiter
