@@ -161,4 +161,25 @@ static inline int wait_any_exit(mproc_process_t **procs, int n, int timeout_ms)
     }
 }
 
+/* Wait (bounded) until every child in p[0..n) (NULL skipped) sleeps in
+ * the kernel (state S): for a waiter, inside the condition's futex wait. */
+static inline int wait_sleeping(mproc_process_t **p, int n)
+{
+    int64_t end = tu_now_ms() + TU_T_MS;
+    for (int i = 0; i < n; i++) {
+        if (!p[i])
+            continue;
+        for (;;) {
+            pid_t ppid;
+            char state = '?';
+            if (tu_proc_stat(mproc_process_pid(p[i]), &ppid, &state) == 0 && state == 'S')
+                break;
+            if (tu_now_ms() > end)
+                return 0;
+            sched_yield();
+        }
+    }
+    return 1;
+}
+
 #endif

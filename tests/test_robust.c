@@ -1352,21 +1352,6 @@ static void test_lock_waiters_killed(void)
 
 /* ------------------------------------------------------------------ asleep when the holder dies */
 
-/* Wait (bounded) until child p sleeps in the kernel (state S). */
-static int wait_sleeping(mproc_process_t *p)
-{
-    int64_t end = tu_now_ms() + TU_T_MS;
-    for (;;) {
-        pid_t ppid;
-        char state = '?';
-        if (tu_proc_stat(mproc_process_pid(p), &ppid, &state) == 0 && state == 'S')
-            return 1;
-        if (tu_now_ms() > end)
-            return 0;
-        sched_yield();
-    }
-}
-
 /* off[0] lock (kind 0) or rlock (kind 1): say so on fd_w, then acquire
  * (TU_T_MS): exit 0 on EOWNERDEAD within 5 s (and repair, release), 2 if it
  * got the lock cleanly, 3 on a timeout, 4 on another error. */
@@ -1438,7 +1423,7 @@ static void test_sleeping_waiter_sees_death(void)
         if (h && TU_CHECK_EQ_INT(tu_read_full(up[0], &c, 1, TU_T_MS), 1)) {
             w = start_child(wm, entry_wait_for_dead, &a, shm);
             if (w && TU_CHECK_EQ_INT(tu_read_full(up[0], &c, 1, TU_T_MS), 1))
-                TU_CHECK(wait_sleeping(w)); /* asleep on the futex */
+                TU_CHECK(wait_sleeping(&w, 1)); /* asleep on the futex */
         }
         kill_join(h);
         TU_CHECK_EQ_INT(join_free(w), 0);

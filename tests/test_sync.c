@@ -580,27 +580,6 @@ typedef struct {
     int64_t wakeups; /* returns from wait */
 } cstate_t;
 
-/* Wait (bounded) until every child in p[0..n) (NULL skipped) sleeps in
- * the kernel (state S): for a waiter, inside the condition's futex wait. */
-static int wait_sleeping(mproc_process_t **p, int n)
-{
-    int64_t end = tu_now_ms() + TU_T_MS;
-    for (int i = 0; i < n; i++) {
-        if (!p[i])
-            continue;
-        for (;;) {
-            pid_t ppid;
-            char state = '?';
-            if (tu_proc_stat(mproc_process_pid(p[i]), &ppid, &state) == 0 && state == 'S')
-                break;
-            if (tu_now_ms() > end)
-                return 0;
-            sched_yield();
-        }
-    }
-    return 1;
-}
-
 /* off[0] condition, off[1] cstate. kind 0: consume a token; 1: wait for go.
  * Writes a byte on fd_w while holding the lock, just before its first wait. */
 static int entry_cond_waiter(const void *arg, size_t len)
