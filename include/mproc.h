@@ -486,7 +486,8 @@ typedef enum {
     MPROC_OBJ_CONDITION,
     MPROC_OBJ_EVENT,
     MPROC_OBJ_BARRIER,
-    MPROC_OBJ_ARRAY
+    MPROC_OBJ_ARRAY,
+    MPROC_OBJ_QUEUE
 } mproc_obj_type_t;
 
 /*
@@ -648,6 +649,278 @@ int mproc_barrier_is_broken(mproc_barrier_t *b);
 unsigned mproc_barrier_parties(const mproc_barrier_t *b);
 /* Parties waiting now (a snapshot). */
 unsigned mproc_barrier_n_waiting(const mproc_barrier_t *b);
+
+/* ------------------------------------------------------------------------ */
+/* Connections (docs/connection.md)                                         */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A connection carries whole messages, 0 bytes up to a maximum, and file
+ * descriptors with them, between two processes over a Unix stream socket
+ * (Python's Connection, for bytes: the caller chooses the serialisation).
+ * A message arrives whole or not at all: a receiver never sees part of
+ * one, and never allocates by a length the peer claims (memory grows with
+ * the bytes that actually arrived). Sends never raise SIGPIPE.
+ *
+ * Errors particular to connections:
+ *  -EMSGSIZE     send: the message is larger than the connection's maximum
+ *                (nothing sent). recv: the next message is larger than the
+ *                buffer (it stays queued; *len says how large it is), or
+ *                than the maximum (it is dropped as it arrives, fds closed;
+ *                *len is the size it claimed; the next recv goes on after it).
+ *  -EPIPE        the peer closed its end (recv: between two messages, once
+ *                every whole message was received; send: the peer is gone).
+ *  -ECONNRESET   the peer went away part-way through a message (killed
+ *                mid-send): the partial message is dropped.
+ *  MPROC_EPROTO  the byte stream is not mproc's framing (a foreign or
+ *                corrupt writer); receiving is over after that.
+ *                (-EPIPE, -ECONNRESET and MPROC_EPROTO from recv are
+ *                sticky: every later recv returns the same.)
+ *  -EBADF        the call needs the direction this end does not have
+ *                (one-way pair).
+ *  -ETIMEDOUT    the timeout expired. A recv that times out mid-message
+ *                keeps what arrived and resumes at the next call. A send
+ *                that times out after part of a message went out leaves
+ *                the sending side unusable (later sends: MPROC_EPROTO), as
+ *                the peer would otherwise see half a message: close it.
+ *
+ * A connection may be used by one sending and one receiving thread at a
+ * time; close must not race with other calls.
+ */
+typedef struct mproc_conn mproc_conn_t;
+
+/* The default largest message, and the hard limit, in bytes. */
+#define MPROC_CONN_MAX_DEFAULT (64u << 20)
+#define MPROC_CONN_MAX_LIMIT 0xffffffffu
+/* File descriptors one message can carry. */
+#define MPROC_CONN_FDS_MAX 64
+
+typedef struct {
+    size_t max_message; /* 0: MPROC_CONN_MAX_DEFAULT; -EINVAL past the limit */
+} mproc_conn_opts_t;
+
+/*
+ * A connected pair (Python's Pipe()). duplex non-zero: both ends send and
+ * receive. duplex 0: *a only receives and *b only sends (the
+ * order of Python's Pipe(duplex=False)). opts may be NULL.
+ */
+int mproc_pipe(mproc_conn_t **a, mproc_conn_t **b, int duplex, const mproc_conn_opts_t *opts);
+
+int mproc_conn_send(mproc_conn_t *c, const void *buf, size_t len, int timeout_ms);
+/* Send a message with nfds (<= MPROC_CONN_FDS_MAX, else -EINVAL) fds,
+ * which stay open here; the receiver gets its own copies. */
+int mproc_conn_send_fds(mproc_conn_t *c, const void *buf, size_t len, const int *fds, size_t nfds,
+                        int timeout_ms);
+
+/* Receive the next message into buf (cap bytes); *len gets its length.
+ * A message that carried fds has them closed: use recv_fds to take them. */
+int mproc_conn_recv(mproc_conn_t *c, void *buf, size_t cap, size_t *len, int timeout_ms);
+/* Same, with up to maxfds fds received into fds (close-on-exec, now the
+ * caller's) and their count in *nfds; fds beyond maxfds are closed and the
+ * call returns 0 with the message. */
+int mproc_conn_recv_fds(mproc_conn_t *c, void *buf, size_t cap, size_t *len, int *fds,
+                        size_t maxfds, size_t *nfds, int timeout_ms);
+/* Receive into a buffer from malloc (free it; never NULL on success, even
+ * for 0 bytes). */
+int mproc_conn_recv_alloc(mproc_conn_t *c, void **buf, size_t *len, int timeout_ms);
+
+/* 1 when a recv would not block (a whole message is buffered, or the
+ * peer's end or an error is pending), 0 when the timeout expired first.
+ * It reads ahead to tell, into the handle's buffer (which grows to hold a
+ * large message as its bytes arrive). */
+int mproc_conn_poll(mproc_conn_t *c, int timeout_ms);
+/*
+ * The socket, for an event loop (owned by c: do not read, write or close
+ * it). Readable means bytes arrived, not that a whole message did: when it
+ * fires, call recv with timeout 0 until -ETIMEDOUT. The connection reads
+ * ahead, so also drain before going back to the loop: a message already
+ * buffered does not make the fd readable (mproc_conn_poll(c, 0) tells).
+ */
+int mproc_conn_fd(const mproc_conn_t *c);
+size_t mproc_conn_max_message(const mproc_conn_t *c);
+/* Close this end (NULL is a no-op). The peer's recv gets -EPIPE once it
+ * has read every whole message sent before. */
+int mproc_conn_close(mproc_conn_t *c);
+
+/*
+ * Handing a connection to a child, the same code under every method: put
+ * a mproc_conn_ref_t in the child's argument, pass the connection with
+ * mproc_process_pass_conn, and call mproc_conn_attach in the child. The
+ * parent usually closes its copy of the child's end once the child
+ * started. Messages the parent's handle had already read ahead stay
+ * there: hand an end over before receiving on it. A fork child also holds
+ * a copy of the parent's end (every fd is copied), so it does not see
+ * -EPIPE when the parent closes: end with a message, or close that handle
+ * in the child.
+ */
+typedef struct {
+    uint32_t magic;
+    int32_t fd;
+    uint32_t flags;
+    uint32_t max_message;
+    uint64_t ino; /* the socket's inode: attach checks it */
+} mproc_conn_ref_t;
+
+int mproc_conn_ref(const mproc_conn_t *c, mproc_conn_ref_t *ref);
+int mproc_process_pass_conn(mproc_process_t *p, const mproc_conn_t *c);
+/* -EBADF if the fd was not passed, MPROC_ETYPE if it is not that socket. */
+int mproc_conn_attach(mproc_conn_t **out, const mproc_conn_ref_t *ref);
+
+/*
+ * Listener and client (Python's Listener and Client): connections between
+ * processes that do not share a parent, over a Unix socket path. Nothing is
+ * ever bound in the abstract namespace (P12).
+ *
+ * A listener made without a path binds "listener" in a new private
+ * directory (0700, unpredictable name) under $XDG_RUNTIME_DIR, else /tmp;
+ * with a path, it binds there (-EADDRINUSE if something exists there) and
+ * sets the socket 0600. Every peer's credentials are read from the kernel
+ * (SO_PEERCRED) as it is accepted: a peer that allow refuses (default:
+ * only this process's effective uid) is closed before any byte is read,
+ * and accept goes on waiting. close unlinks the socket (and the directory
+ * it made) when called in the process that created the listener; in a
+ * fork child it only closes the fd.
+ */
+typedef struct mproc_listener mproc_listener_t;
+
+typedef struct {
+    const char *path;   /* NULL: a private directory, see above          */
+    int backlog;        /* 0: 128                                         */
+    size_t max_message; /* for accepted connections (0: the default)    */
+    /* Non-zero to let the peer in; NULL: same effective uid only. */
+    int (*allow)(void *ctx, pid_t pid, uid_t uid, gid_t gid);
+    void *allow_ctx;
+} mproc_listener_opts_t;
+
+int mproc_listener_create(mproc_listener_t **out, const mproc_listener_opts_t *opts);
+const char *mproc_listener_path(const mproc_listener_t *l);
+/* The listening socket, readable when a peer is waiting (owned by l). */
+int mproc_listener_fd(const mproc_listener_t *l);
+/* The next allowed peer; -ETIMEDOUT. */
+int mproc_listener_accept(mproc_listener_t *l, mproc_conn_t **out, int timeout_ms);
+int mproc_listener_close(mproc_listener_t *l);
+
+/*
+ * Connect to a listener's path. The listener's owner must be this
+ * process's effective uid or root (-EACCES otherwise, checked with
+ * SO_PEERCRED before anything is sent). -ENOENT / -ECONNREFUSED if nobody
+ * listens there; a full backlog is waited out until the timeout (0: one
+ * try). opts may be NULL.
+ */
+int mproc_client_connect(mproc_conn_t **out, const char *path, const mproc_conn_opts_t *opts,
+                         int timeout_ms);
+
+/* ------------------------------------------------------------------------ */
+/* Queues (docs/queue.md)                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A queue of byte messages in shared memory: many producers, many
+ * consumers, bounded, each message 0 bytes up to the queue's maximum.
+ * Python's Queue, SimpleQueue and JoinableQueue are all this object (a
+ * joinable one is made with MPROC_QUEUE_JOINABLE).
+ *
+ * Messages sit in a byte ring in FIFO order, each taking its length
+ * rounded up to 8 plus 8 bytes: there are no slots, so every size up to
+ * the maximum takes the same path. Producers take turns under one robust
+ * lock and consumers under another, so a producer and a consumer never
+ * wait for each other except on a full or empty ring.
+ *
+ * Death of any party (docs/queue.md): a producer killed inside put has put
+ * the whole message or none of it; a consumer killed inside get has taken
+ * the message (it is lost with the consumer) or left it at the head of the
+ * queue for the next get. Nobody else blocks because of it.
+ *
+ * A mproc_queue_t is this process's handle; the queue itself lives in a
+ * segment's arena (or in a segment of its own). A handle may be used from
+ * several threads at once; close must not race with other calls.
+ */
+typedef struct mproc_queue mproc_queue_t;
+
+#define MPROC_QUEUE_JOINABLE 1u /* task_done / join                      */
+#define MPROC_QUEUE_POLLABLE 2u /* mproc_queue_fd: an fd for "not empty"  */
+
+typedef struct {
+    size_t capacity;    /* ring bytes, rounded up to a power of two
+                           (0: 64 KiB; at least 4 KiB, at most 1 GiB)   */
+    size_t max_message; /* 0: capacity / 4; at most capacity - 8       */
+    unsigned max_count; /* messages at most (Python's maxsize); 0: no
+                           limit but the bytes                          */
+    unsigned flags;     /* MPROC_QUEUE_*                                */
+    int spin_us;        /* how long a get on an empty queue (or a put on
+                           a full one) spins before it sleeps; 0: the
+                           default (docs/queue.md), -1: never spin      */
+} mproc_queue_opts_t;
+
+/*
+ * Create a queue in shm's arena (name may be NULL), or, with shm NULL, in
+ * an anonymous segment of its own that the handle owns (name must be NULL
+ * then). opts may be NULL (all defaults). -ENOMEM if the arena is too
+ * small (a queue needs its capacity plus 512 bytes of it).
+ */
+int mproc_queue_create(mproc_shm_t *shm, const char *name, const mproc_queue_opts_t *opts,
+                       mproc_queue_t **out);
+/* Open a named queue. A queue created POLLABLE has no fd here: the fd
+ * reaches only processes handed the queue (mproc_queue_attach). */
+int mproc_queue_open(mproc_shm_t *shm, const char *name, mproc_queue_t **out);
+
+/* Put a message; waits while the queue is full. -EMSGSIZE past the
+ * maximum. */
+int mproc_queue_put(mproc_queue_t *q, const void *msg, size_t len, int timeout_ms);
+/*
+ * Take the oldest message into buf (cap bytes), its length in *len; waits
+ * while the queue is empty. -EMSGSIZE if cap is too small: the message
+ * stays at the head and *len says how large it is. MPROC_EPROTO if the
+ * ring's contents are corrupt (something wrote over the segment).
+ */
+int mproc_queue_get(mproc_queue_t *q, void *buf, size_t cap, size_t *len, int timeout_ms);
+
+/* Snapshots: messages in the queue; 1 if empty / 0; 1 if a put of an
+ * empty message would wait / 0. */
+size_t mproc_queue_qsize(const mproc_queue_t *q);
+int mproc_queue_empty(const mproc_queue_t *q);
+int mproc_queue_full(const mproc_queue_t *q);
+size_t mproc_queue_max_message(const mproc_queue_t *q);
+
+/* JOINABLE queues: a consumer calls task_done once per message it got
+ * (-EOVERFLOW if more than were put, MPROC_ETYPE if not joinable); join
+ * waits until every message put has been marked done. A consumer that
+ * dies before task_done leaves join waiting (use its timeout). */
+int mproc_queue_task_done(mproc_queue_t *q);
+int mproc_queue_join(mproc_queue_t *q, int timeout_ms);
+
+/*
+ * POLLABLE queues: an fd (owned by q) that polls readable when the queue
+ * may have messages. When it fires, get with timeout 0 until -ETIMEDOUT;
+ * a get that finds the queue empty clears it. MPROC_ETYPE if the queue is
+ * not pollable, -ENOTSUP on a handle from mproc_queue_open.
+ */
+int mproc_queue_fd(const mproc_queue_t *q);
+
+/* Release this handle (NULL is a no-op); the queue stays in its arena
+ * until mproc_queue_free. A queue in its own segment goes with the last
+ * handle of the last process. */
+int mproc_queue_close(mproc_queue_t *q);
+/* Close the handle and return the queue's memory to its arena: no process
+ * may use the queue any more. */
+int mproc_queue_free(mproc_queue_t *q);
+
+/*
+ * Handing a queue to a child, the same code under every method: put a
+ * mproc_queue_ref_t in the child's argument, pass the queue with
+ * mproc_process_pass_queue (its segment, and its fd if pollable), and
+ * call mproc_queue_attach in the child, which attaches the segment too.
+ */
+typedef struct {
+    mproc_shm_ref_t shm;
+    uint64_t offset;
+    int32_t efd;
+    uint32_t magic;
+} mproc_queue_ref_t;
+
+int mproc_queue_ref(const mproc_queue_t *q, mproc_queue_ref_t *ref);
+int mproc_process_pass_queue(mproc_process_t *p, const mproc_queue_t *q);
+int mproc_queue_attach(mproc_queue_t **out, const mproc_queue_ref_t *ref);
 
 /* ------------------------------------------------------------------------ */
 /* Resource tracker (docs/tracker.md)                                       */

@@ -12,6 +12,7 @@
 #include "mproc.h"
 #include "platform.h"
 
+#include <stdalign.h>
 #include <stddef.h>
 #include <signal.h>
 #include <stdint.h>
@@ -254,6 +255,32 @@ int mproc__forkserver_fork(mproc__request_t *req, const int *fds, size_t nfds, p
 int mproc__forkserver_signal(pid_t pid, int sig);
 /* The helper's loop (spawn child role SERVER); never returns. */
 _Noreturn void mproc__forkserver_serve(int sock, const mproc__request_t *req);
+
+/* ---- queue.c: queues in shared memory ---------------------------------- */
+
+/* A queue as it lies in its arena object (queue.c explains the fields);
+ * declared here for fuzz/fuzz_queue.c, which writes anything into one. */
+struct mproc__queue_shared {
+    uint32_t magic;
+    uint32_t capacity; /* ring bytes, a power of two         */
+    uint32_t max_message;
+    uint32_t max_count; /* 0: no limit but bytes          */
+    uint32_t flags;
+    int32_t spin_us;
+
+    alignas(64) struct mproc_lock put_lock;
+    _Atomic uint64_t head;       /* (count << 32) | position, producers' */
+    _Atomic uint32_t space_wait; /* a producer sleeps for room            */
+
+    alignas(64) struct mproc_lock get_lock;
+    _Atomic uint64_t tail; /* (count << 32) | position, consumers'  */
+    _Atomic uint32_t data_wait;
+
+    alignas(64) _Atomic uint32_t done; /* task_done calls (joinable)   */
+    _Atomic uint32_t join_wait;
+
+    alignas(64) unsigned char ring[];
+};
 
 /* ---- process.c ---------------------------------------------------------- */
 /* (nothing internal) */
