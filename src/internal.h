@@ -4,7 +4,7 @@
  *
  * Layering (a file only calls files listed before it):
  *   platform  errors  atfork  lock  request  child  spawn  tracker  shm
- *   sync  forkserver  process  init
+ *   sync  forkserver  process  channel  queue  init
  */
 #ifndef MPROC_INTERNAL_H
 #define MPROC_INTERNAL_H
