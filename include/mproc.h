@@ -865,7 +865,9 @@ int mproc_queue_create(mproc_shm_t *shm, const char *name, const mproc_queue_opt
 int mproc_queue_open(mproc_shm_t *shm, const char *name, mproc_queue_t **out);
 
 /* Put a message; waits while the queue is full. -EMSGSIZE past the
- * maximum. */
+ * maximum. With timeout 0 (and for get too) nothing waits for room or
+ * for a message, but a call may wait for another process to finish a
+ * copy it is in the middle of, rather than answer wrongly. */
 int mproc_queue_put(mproc_queue_t *q, const void *msg, size_t len, int timeout_ms);
 /*
  * Take the oldest message into buf (cap bytes), its length in *len; waits

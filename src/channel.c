@@ -658,8 +658,10 @@ int mproc_conn_poll(mproc_conn_t *c, int timeout_ms)
     if (rc == 0) {
         frame_hdr_t h;
         memcpy(&h, c->rb + c->rpos, HDR);
-        /* A bad header or an oversize frame: recv answers at once. */
-        if (h.magic != FRAME_MAGIC || h.len > c->max)
+        /* Whatever makes recv answer at once without the payload (a bad
+         * header, missing fds, an oversize frame) is "ready" too. */
+        if (h.magic != FRAME_MAGIC || h.nfds > MPROC_CONN_FDS_MAX || c->fdq_n < h.nfds ||
+            h.len > c->max)
             return 1;
         rc = ensure(c, HDR + (size_t)h.len, deadline);
     }
@@ -808,14 +810,17 @@ static int listener_bind(mproc_listener_t *l, int backlog)
         return -errno;
     /* Linux creates the socket file with the socket inode's mode (less
      * the umask): 0600 from the start, not after a window. */
-    (void)fchmod(l->fd, 0600);
+    if (fchmod(l->fd, 0600) < 0)
+        return -errno;
     if (bind(l->fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         return -errno;
     if (lstat(l->path, &st) < 0)
         return -errno;
     l->dev = st.st_dev;
     l->ino = st.st_ino;
-    if (chmod(l->path, 0600) < 0 || listen(l->fd, backlog) < 0)
+    /* No chmod by path after bind: in a directory others can write, the
+     * name could be a symlink by then. The fchmod above already holds. */
+    if (listen(l->fd, backlog) < 0)
         return -errno;
     return 0;
 }

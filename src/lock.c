@@ -86,7 +86,9 @@ static struct robust_head *robust_head(void)
 {
     if (__builtin_expect(self.known, 1))
         return self.head;
-    mproc_once(&self_once, self_setup, NULL);
+    /* Without the at-fork reset, a fork child would take locks under its
+     * parent's id: then nothing is cached, and every call looks again. */
+    int resettable = mproc_once(&self_once, self_setup, NULL) == 0;
     pthread_mutex_t m;
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
@@ -101,6 +103,8 @@ static struct robust_head *robust_head(void)
     pthread_mutex_destroy(&m);
     if (h && h->futex_offset != LOCK_FUTEX_OFFSET)
         h = NULL; /* not the layout we know: no robustness rather than harm */
+    if (!resettable)
+        return h;
     self.head = h;
     self.tid = mproc__tid();
     self.known = 1;

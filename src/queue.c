@@ -51,6 +51,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -76,6 +77,8 @@
 #define SPIN_US_DEFAULT 50
 /* Sleepers re-check this often, in case a party died owing a wake-up. */
 #define WAIT_SLICE_MS 100
+/* How long a call with timeout 0 waits for a lock whose holder is copying. */
+#define BUSY_WAIT_MS 1000
 
 /* data_wait bits. */
 #define WAIT_SLEEPER 1u /* a consumer sleeps on the futex  */
@@ -192,11 +195,22 @@ static void wake_consumers(mproc_queue_t *q)
     }
 }
 
-/* Take a queue lock before the deadline. A dead holder left nothing to
- * repair (see the top of the file), only a wake-up it may have owed. */
-static int take(mproc_queue_t *q, struct mproc_lock *l, int64_t deadline)
+/*
+ * Take a queue lock before the deadline. A dead holder left nothing to
+ * repair (see the top of the file), only a wake-up it may have owed.
+ *
+ * With timeout 0, a busy lock is waited for (up to BUSY_WAIT_MS) when the
+ * call would find work behind it (ready says so): the holder is then in
+ * the middle of a copy, not waiting, and answering "empty" while messages
+ * sit in the queue would leave an event loop that drains until -ETIMEDOUT
+ * with messages nobody polls for.
+ */
+static int take(mproc_queue_t *q, struct mproc_lock *l, int64_t deadline,
+                int (*ready)(mproc_queue_t *))
 {
     int rc = mproc_lock_acquire(l, 0);
+    if (rc == -ETIMEDOUT && deadline == 0 && ready(q))
+        deadline = mproc__deadline_ns(BUSY_WAIT_MS);
     if (rc == -ETIMEDOUT && deadline != 0)
         rc = mproc__lock_take(l, deadline);
     if (rc == -EOWNERDEAD) {
@@ -249,6 +263,18 @@ static void ring_read(const mproc_queue_t *q, uint32_t pos, void *dst, size_t le
     memcpy(dst, q->s->ring + at, first);
     if (len > first)
         memcpy((unsigned char *)dst + first, q->s->ring, len - first);
+}
+
+/* Snapshots for take(): would a put find room (for a small message), a
+ * get find a message? */
+static int has_room(mproc_queue_t *q)
+{
+    return mproc_queue_full(q) == 0;
+}
+
+static int has_data(mproc_queue_t *q)
+{
+    return mproc_queue_empty(q) == 0;
 }
 
 /* ---- creating, opening, handing over ------------------------------------- */
@@ -436,6 +462,24 @@ int mproc_process_pass_queue(mproc_process_t *p, const mproc_queue_t *q)
     return rc;
 }
 
+/* fd is open, non-blocking, and an eventfd where /proc can tell: an
+ * attach must not adopt (and later close) some unrelated fd. */
+static int check_eventfd(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return -EBADF; /* not passed */
+    if (!(fl & O_NONBLOCK))
+        return MPROC_ETYPE;
+    char path[64], target[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n < 0)
+        return 0; /* no /proc: the flags are all we can check */
+    target[n] = '\0';
+    return strcmp(target, "anon_inode:[eventfd]") == 0 ? 0 : MPROC_ETYPE;
+}
+
 int mproc_queue_attach(mproc_queue_t **out, const mproc_queue_ref_t *ref)
 {
     if (!out)
@@ -456,14 +500,11 @@ int mproc_queue_attach(mproc_queue_t **out, const mproc_queue_ref_t *ref)
     rc = mproc_shm_at(q->shm, ref->offset, MPROC_OBJ_QUEUE, &obj);
     if (rc == 0)
         rc = adopt(q, obj, mproc_shm_object_size(q->shm, obj));
-    if (rc == 0 && (q->flags & MPROC_QUEUE_POLLABLE)) {
-        /* The eventfd becomes this handle's, as the segment's fd does. */
-        int fl = ref->efd >= 0 ? fcntl(ref->efd, F_GETFL) : -1;
-        if (fl < 0)
-            rc = -EBADF;
-        else if (!(fl & O_NONBLOCK))
-            rc = MPROC_ETYPE; /* not the eventfd we made */
-        else if ((rc = mproc__set_cloexec(ref->efd, 1)) == 0)
+    if (rc == 0 && (q->flags & MPROC_QUEUE_POLLABLE) && ref->efd >= 0) {
+        /* The eventfd becomes this handle's, as the segment's fd does. (A
+         * ref made from a handle that was opened by name has none.) */
+        rc = check_eventfd(ref->efd);
+        if (rc == 0 && (rc = mproc__set_cloexec(ref->efd, 1)) == 0)
             q->efd = ref->efd;
     }
     if (rc < 0) {
@@ -511,7 +552,7 @@ int mproc_queue_put(mproc_queue_t *q, const void *msg, size_t len, int timeout_m
     struct mproc__queue_shared *s = q->s;
     uint32_t need = record_size((uint32_t)len);
     int64_t deadline = deadline_of(timeout_ms);
-    int rc = take(q, &s->put_lock, deadline);
+    int rc = take(q, &s->put_lock, deadline, has_room);
     if (rc < 0)
         return rc;
     uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);
@@ -573,7 +614,7 @@ int mproc_queue_get(mproc_queue_t *q, void *buf, size_t cap, size_t *len, int ti
     *len = 0;
     struct mproc__queue_shared *s = q->s;
     int64_t deadline = deadline_of(timeout_ms);
-    int rc = take(q, &s->get_lock, deadline);
+    int rc = take(q, &s->get_lock, deadline, has_data);
     if (rc < 0)
         return rc;
     uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);

@@ -638,6 +638,21 @@ static void test_bad_magic(void)
     mproc_conn_close(a);
     mproc_conn_close(b);
 
+    /* ... or more fds than a frame may carry, and the payload never comes:
+     * poll says ready (recv answers at once), it does not wait for bytes */
+    TU_REQUIRE_OK(pair(&a, &b, 1024));
+    TU_CHECK_OK(raw_header(mproc_conn_fd(b), 1000, MPROC_CONN_FDS_MAX + 1, MAGIC));
+    TU_CHECK_EQ_INT(mproc_conn_poll(a, 5000), 1);
+    TU_CHECK_EQ_INT(mproc_conn_recv(a, buf, sizeof buf, &n, 0), MPROC_EPROTO);
+    mproc_conn_close(a);
+    mproc_conn_close(b);
+    TU_REQUIRE_OK(pair(&a, &b, 1024));
+    TU_CHECK_OK(raw_header(mproc_conn_fd(b), 1000, 3, MAGIC));
+    TU_CHECK_EQ_INT(mproc_conn_poll(a, 5000), 1);
+    TU_CHECK_EQ_INT(mproc_conn_recv(a, buf, sizeof buf, &n, 0), MPROC_EPROTO);
+    mproc_conn_close(a);
+    mproc_conn_close(b);
+
     /* fds with no frame at all, more than a frame may carry */
     TU_REQUIRE_OK(pair(&a, &b, 1024));
     int p[2];

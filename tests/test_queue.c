@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -814,7 +815,44 @@ static void test_pollable(void)
     TU_CHECK_EQ_INT(got, 50);
     TU_CHECK_EQ_INT(join_free(p), 0);
     TU_CHECK_EQ_INT(tu_wait_readable(fd, 0), 0);
+
+    /* A ref whose fd is not the queue's eventfd is refused, and the fd
+     * stays the caller's. */
+    mproc_queue_ref_t ref;
+    TU_CHECK_OK(mproc_queue_ref(q, &ref));
+    int pp[2];
+    TU_REQUIRE(tu_pipe(pp) == 0);
+    TU_CHECK_OK(fcntl(pp[0], F_SETFL, O_NONBLOCK));
+    ref.efd = pp[0];
+    mproc_queue_t *q2 = NULL;
+    TU_CHECK_EQ_INT(mproc_queue_attach(&q2, &ref), MPROC_ETYPE);
+    TU_CHECK(tu_fd_is_open(pp[0]));
+    tu_close(&pp[0]);
+    tu_close(&pp[1]);
     mproc_queue_close(q);
+
+    /* Opened by name, a pollable queue has no fd; a ref made from that
+     * handle attaches without one; producers there still leave the fd
+     * armed for those that have it. */
+    mproc_shm_t *shm = NULL;
+    TU_REQUIRE_OK(mproc_shm_create(&shm, 128u << 10));
+    mproc_queue_opts_t o = {.flags = MPROC_QUEUE_POLLABLE};
+    mproc_queue_t *owner = NULL, *byname = NULL, *attached = NULL;
+    TU_REQUIRE_OK(mproc_queue_create(shm, "pq", &o, &owner));
+    TU_REQUIRE_OK(mproc_queue_open(shm, "pq", &byname));
+    TU_CHECK_EQ_INT(mproc_queue_fd(byname), -ENOTSUP);
+    TU_CHECK_OK(mproc_queue_ref(byname, &ref));
+    TU_CHECK_EQ_INT(ref.efd, -1);
+    TU_CHECK_OK(mproc_queue_attach(&attached, &ref));
+    TU_CHECK_EQ_INT(mproc_queue_fd(attached), -ENOTSUP);
+    TU_CHECK_OK(mproc_queue_put(byname, "a", 1, 0)); /* no fd to write */
+    TU_CHECK_EQ_INT(tu_wait_readable(mproc_queue_fd(owner), 0), 0);
+    TU_CHECK_OK(mproc_queue_put(owner, "b", 1, 0)); /* still armed: writes */
+    TU_CHECK_EQ_INT(tu_wait_readable(mproc_queue_fd(owner), 0), 1);
+    mproc_queue_close(attached);
+    mproc_queue_close(byname);
+    TU_CHECK_OK(mproc_queue_free(owner));
+    mproc_shm_close(shm);
 }
 
 /* ------------------------------------------------------- children, every method */
