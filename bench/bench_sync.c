@@ -150,32 +150,18 @@ static void *map_shared(size_t size)
 }
 
 /*
- * Pin the calling process to the k-th CPU it may run on (modulo their
- * number). The two sides of a contended or ping-pong mode go to different
- * CPUs, so every run measures the same thing: left to the scheduler, the
- * two sometimes share one CPU and take turns by time slice (no contention,
- * ~5 µs wake-ups) and sometimes do not (~60 ns per contended operation,
- * ~50 µs wake-ups), and the medians jump between the two.
+ * Pin the calling process to the k-th CPU (bench_pin_cpu: of those the
+ * program could use at its first pin, so that the child of a pinned parent
+ * still gets a CPU of its own). The two sides of a contended or ping-pong
+ * mode go to different CPUs, so every run measures the same thing: left
+ * to the scheduler, the two sometimes share one CPU and take turns by time
+ * slice (no contention, ~5 µs wake-ups) and sometimes do not (~60 ns per
+ * contended operation, ~50 µs wake-ups), and the medians jump between the
+ * two.
  */
 static void pin_to(int k)
 {
-    cpu_set_t allowed, one;
-    int n = 0, want;
-
-    if (sched_getaffinity(0, sizeof allowed, &allowed) < 0)
-        die_errno("sched_getaffinity");
-    want = k % CPU_COUNT(&allowed);
-    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
-        if (!CPU_ISSET(cpu, &allowed))
-            continue;
-        if (n++ == want) {
-            CPU_ZERO(&one);
-            CPU_SET(cpu, &one);
-            if (sched_setaffinity(0, sizeof one, &one) < 0)
-                die_errno("sched_setaffinity");
-            return;
-        }
-    }
+    bench_pin_cpu(k);
 }
 
 static void robust_mutex_init(pthread_mutex_t *m)
@@ -654,33 +640,12 @@ static const sync_mode_t modes[] = {
     {"raw-pingpong", 0, PINGPONG, NULL, 0},
 };
 
-static _Noreturn void usage(void)
-{
-    usage_names("<mode> <iterations>", "modes", modes, sizeof modes / sizeof modes[0],
-                sizeof modes[0]);
-}
-
 int main(int argc, char **argv)
 {
-    const sync_mode_t *mode = NULL;
     long iterations;
-
-    bench_prog = "bench_sync";
-    int rc = mproc_init(&argc, &argv);
-    if (rc < 0)
-        die_mproc("mproc_init", rc);
-    mproc_set_log(log_to_stderr, NULL);
-
-    if (argc > 0 && argv[0] != NULL)
-        bench_prog = argv[0];
-    if (argc != 3)
-        usage();
-    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
-        if (strcmp(modes[i].name, argv[1]) == 0)
-            mode = &modes[i];
-    if (mode == NULL)
-        usage();
-    iterations = parse_positive("iterations", argv[2], 1000000000L);
+    const sync_mode_t *mode =
+        bench_setup(&argc, &argv, "bench_sync", modes, sizeof modes / sizeof modes[0],
+                    sizeof modes[0], &iterations);
 
     if (mode->is_mproc)
         setup_mproc();

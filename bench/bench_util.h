@@ -35,6 +35,13 @@ double quantile(const double *sorted, size_t n, double q);
 /* s as a long in 1..max; dies naming `what` otherwise. */
 long parse_positive(const char *what, const char *s, long max);
 
+/* The common start of a `<prog> <mode> <iterations>` program: mproc_init,
+ * the log hook, and the entry of table (count structs of stride bytes,
+ * each starting with its mode's name) named by argv[1]; the iteration
+ * count from argv[2]. Prints the usage and exits on bad arguments. */
+const void *bench_setup(int *argc, char ***argv, const char *prog, const void *table, size_t count,
+                        size_t stride, long *iterations);
+
 /*
  * Print "usage: <prog> <synopsis>\n<label>:" and the name of each of the
  * count entries of table (each stride bytes long, starting with a
@@ -49,5 +56,39 @@ _Noreturn void usage_names(const char *synopsis, const char *label, const void *
  * then flush stdout (dies if that fails).
  */
 void print_quantiles(const char *unit, double *samples, size_t n, long iterations);
+
+/* ---- child processes (bench_conn, bench_queue) -------------------------- */
+
+#include <sys/types.h>
+
+/*
+ * Pin the calling process to the k-th CPU (modulo their number) of those
+ * it could run on at its first call, which fork children inherit: a child
+ * of a pinned parent still picks among all of them. The two sides of a
+ * cross-process figure go to different CPUs, so every run measures the
+ * same thing (see bench_sync.c).
+ */
+void bench_pin_cpu(int k);
+
+/* Start entry(arg, len) in a daemon child by mproc_process
+ * (MPROC_START_FORK): it dies with this process. Dies on failure. */
+mproc_process_t *bench_start_child(mproc_entry_fn entry, const void *arg, size_t len);
+/* Join and free a child from bench_start_child; dies (naming `what`) if it
+ * did not exit with status 0. */
+void bench_join_child(mproc_process_t *p, const char *what);
+
+/* fork() a child that runs fn(arg) and _exit()s with its result, and is
+ * killed if this process dies first (PR_SET_PDEATHSIG); dies on failure. */
+pid_t bench_fork(int (*fn)(void *arg), void *arg);
+/* waitpid() a child from bench_fork; dies (naming `what`) unless it exited
+ * with status 0. */
+void bench_wait(pid_t pid, const char *what);
+
+/* Sort samples[0..n) and print "median_<unit>=%.3f p10_<unit>=%.3f
+ * p90_<unit>=%.3f " with no newline: one part of a result line that
+ * reports more than one quantity (end it with printf and bench_flush). */
+void print_quantiles_part(const char *unit, double *samples, size_t n);
+/* Flush stdout; dies if that fails. */
+void bench_flush(void);
 
 #endif /* MPROC_BENCH_UTIL_H */

@@ -57,6 +57,10 @@ class Command:
     argv: Tuple[str, ...]
     n: int
     n_quick: int
+    # An optional program (one the build may skip, like the Boost
+    # comparison): when it was not built, its cell says so instead of
+    # failing.
+    optional: bool = False
 
 
 # Results of a whole run: figure key -> implementation -> median of medians.
@@ -91,6 +95,11 @@ class Figure:
     metric: str = "median_us"  # key read from the program's output line
     unit: str = "µs"
     lower_is_better: bool = True  # latency: True; throughput: False
+    # For a row that has only some implementations (a second floor, another
+    # library in the raw column, a second Python class): the figure whose
+    # values stand in for the missing ones in the mproc/raw and
+    # Python/mproc columns.
+    ratio_with: Optional[str] = None
 
     def command(self, impl: str) -> Optional[Command]:
         return getattr(self, impl)
@@ -336,8 +345,175 @@ def sync_figures() -> List[Figure]:
     ]
 
 
-# Every figure, in table order. Later figures (queue, pool) go here.
-FIGURES: List[Figure] = start_figures() + guard_figures() + sync_figures()
+# ---- connections -------------------------------------------------------------
+
+# Per program run (full, quick). Ping-pong: round trips, ~45-60 µs each
+# across CPUs (mproc, raw pipes, Python alike). Stream: messages in all (5
+# rounds): ~1.2 M/s of 64 B, ~0.5 M/s of 4 KiB, ~4-5 k/s of 1 MiB in C;
+# Python ~0.4 M/s, ~0.3 M/s and ~2 k/s.
+CONN_ITERATIONS = {
+    "pingpong": {"mproc": (20_000, 5_000), "python": (10_000, 3_000), "raw": (20_000, 5_000)},
+    "stream-64": {"mproc": (1_000_000, 300_000), "python": (300_000, 100_000),
+                  "raw": (1_000_000, 300_000)},
+    "stream-4k": {"mproc": (500_000, 150_000), "python": (300_000, 100_000),
+                  "raw": (500_000, 150_000)},
+    "stream-1m": {"mproc": (5_000, 1_500), "python": (2_000, 600), "raw": (5_000, 1_500)},
+}
+
+
+def vs_raw(key: str, limit: float, what: str, raw_key: Optional[str] = None) -> Target:
+    return Target(
+        f"mproc ≤{limit:g}× {what}", cost_ratio(key, "mproc", raw_key or key, "raw"), limit
+    )
+
+
+def conn_figures() -> List[Figure]:
+    bench = "{bench_bin}/bench_conn"
+    py = ("{python}", "{bench_src}/py_conn.py")
+    n = CONN_ITERATIONS
+    pp = "conn.pingpong"
+
+    def stream(size: str, label: str, metric: str, unit: str, targets=()) -> Figure:
+        key = f"conn.stream.{size}"
+        what = f"stream-{size}"
+        return Figure(
+            key=key,
+            title=f"conn one-way {label} messages (raw: socketpair)",
+            mproc=Command((bench, f"mproc-{what}", "{n}"), *n[what]["mproc"]),
+            python=Command(py + (what, "{n}"), *n[what]["python"]),
+            raw=Command((bench, f"raw-{what}", "{n}"), *n[what]["raw"]),
+            targets=tuple(t(key) for t in targets),
+            metric=metric,
+            unit=unit,
+            lower_is_better=False,
+        )
+
+    return [
+        Figure(
+            key=pp,
+            title="conn ping-pong 64 B round trip (raw: 2 pipes)",
+            mproc=Command((bench, "mproc-pingpong", "{n}"), *n["pingpong"]["mproc"]),
+            python=Command(py + ("pingpong", "{n}"), *n["pingpong"]["python"]),
+            raw=Command((bench, "raw-pipe-pingpong", "{n}"), *n["pingpong"]["raw"]),
+            targets=(vs_raw(pp, 1.2, "raw pipes"),),
+        ),
+        Figure(
+            key=pp + ".socketpair",
+            title="conn ping-pong 64 B, raw socketpair floor",
+            mproc=None,
+            python=None,
+            raw=Command((bench, "raw-socketpair-pingpong", "{n}"), *n["pingpong"]["raw"]),
+            ratio_with=pp,
+        ),
+        stream("64", "64 B", "median_per_s", "msg/s"),
+        stream("4k", "4 KiB", "median_mb_s", "MB/s"),
+        stream("1m", "1 MiB", "median_mb_s", "MB/s",
+               [lambda k: vs_raw(k, 1.5, "raw socketpair")]),
+    ]
+
+
+# ---- queues -----------------------------------------------------------------
+
+# Per program run (full, quick). Throughput: messages per round (5 rounds
+# plus a tenth): mproc ~7-10 M/s, the raw SPSC ring ~30 M/s, Boost ~6 M/s,
+# Python ~150-300 k/s. Ping-pong: round trips, ~0.2 µs spinning, ~45 µs
+# sleeping, ~50 µs in Python. Wake: messages 2 ms apart.
+QUEUE_ITERATIONS = {
+    "1-1": {"mproc": (1_000_000, 300_000), "python": (60_000, 20_000),
+            "raw": (2_000_000, 600_000), "boost": (1_000_000, 300_000)},
+    "2-2": {"mproc": (1_000_000, 300_000), "python": (60_000, 20_000)},
+    "pingpong": {"mproc": (50_000, 20_000), "python": (10_000, 3_000),
+                 "raw": (20_000, 5_000), "spsc": (200_000, 50_000)},
+    "pingpong-nospin": {"mproc": (20_000, 5_000)},
+    "wake": {"mproc": (500, 150), "python": (500, 150), "raw": (500, 150)},
+}
+
+
+def queue_figures() -> List[Figure]:
+    bench = "{bench_bin}/bench_queue"
+    pipes = ("{bench_bin}/bench_conn", "raw-pipe-pingpong", "{n}")
+    py = ("{python}", "{bench_src}/py_queue.py")
+    n = QUEUE_ITERATIONS
+    q11, q22, pp, wake = "queue.1-1", "queue.2-2", "queue.pingpong", "queue.wake"
+    rate = dict(metric="median_per_s", unit="msg/s", lower_is_better=False)
+
+    def simple(shape: str, key: str) -> Figure:
+        return Figure(
+            key=key + ".simple",
+            title=f"queue {shape} 64 B, Python SimpleQueue",
+            mproc=None,
+            python=Command(py + (f"simple-{shape.replace('->', '-')}", "{n}"),
+                           *n[shape.replace("->", "-")]["python"]),
+            raw=None,
+            ratio_with=key,
+            **rate,
+        )
+
+    return [
+        Figure(
+            key=q11,
+            title="queue 1->1 64 B, Python Queue (raw: SPSC ring)",
+            mproc=Command((bench, "mproc-1-1", "{n}"), *n["1-1"]["mproc"]),
+            python=Command(py + ("queue-1-1", "{n}"), *n["1-1"]["python"]),
+            raw=Command((bench, "raw-spsc-1-1", "{n}"), *n["1-1"]["raw"]),
+            **rate,
+        ),
+        simple("1->1", q11),
+        Figure(
+            key=q11 + ".boost",
+            title="queue 1->1 64 B, Boost message_queue in the raw column",
+            mproc=None,
+            python=None,
+            raw=Command(("{bench_bin}/bench_boost_mq", "boost-1-1", "{n}"), *n["1-1"]["boost"],
+                        optional=True),
+            ratio_with=q11,
+            **rate,
+        ),
+        Figure(
+            key=q22,
+            title="queue 2->2 64 B, Python Queue (no raw floor)",
+            mproc=Command((bench, "mproc-2-2", "{n}"), *n["2-2"]["mproc"]),
+            python=Command(py + ("queue-2-2", "{n}"), *n["2-2"]["python"]),
+            raw=None,
+            **rate,
+        ),
+        simple("2->2", q22),
+        Figure(
+            key=pp,
+            title="queue ping-pong 64 B round trip, default spin (raw: 2 pipes)",
+            mproc=Command((bench, "mproc-pingpong", "{n}"), *n["pingpong"]["mproc"]),
+            python=Command(py + ("pingpong", "{n}"), *n["pingpong"]["python"]),
+            raw=Command(pipes, *n["pingpong"]["raw"]),
+        ),
+        Figure(
+            key=pp + ".nospin",
+            title="queue ping-pong 64 B round trip, spin_us -1 (raw: 2 pipes)",
+            mproc=Command((bench, "mproc-pingpong-nospin", "{n}"), *n["pingpong-nospin"]["mproc"]),
+            python=None,
+            raw=Command(pipes, *n["pingpong"]["raw"]),
+        ),
+        Figure(
+            key=pp + ".spsc",
+            title="queue ping-pong, raw SPSC ring spin-then-futex floor",
+            mproc=None,
+            python=None,
+            raw=Command((bench, "raw-spsc-pingpong", "{n}"), *n["pingpong"]["spsc"]),
+            ratio_with=pp,
+        ),
+        Figure(
+            key=wake,
+            title="queue wake-up of a sleeping consumer (raw: futex wake)",
+            mproc=Command((bench, "mproc-wake", "{n}"), *n["wake"]["mproc"]),
+            python=Command(py + ("wake", "{n}"), *n["wake"]["python"]),
+            raw=Command((bench, "raw-futex-wake", "{n}"), *n["wake"]["raw"]),
+        ),
+    ]
+
+
+# Every figure, in table order. Later figures (pool) go here.
+FIGURES: List[Figure] = (
+    start_figures() + guard_figures() + sync_figures() + conn_figures() + queue_figures()
+)
 
 
 # --------------------------------------------------------------------------
@@ -351,6 +527,7 @@ class Cell:
 
     medians: List[float] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)
+    not_built: bool = False  # an optional program that is not there
 
     def value(self) -> Optional[float]:
         return statistics.median(self.medians) if self.medians else None
@@ -420,8 +597,15 @@ def run_all(
             # first (cold) or right after a particular other one.
             k = rep % len(impls)
             for impl in impls[k:] + impls[:k]:
-                argv, n = expand(fig.command(impl), quick, paths)
+                cmd = fig.command(impl)
+                argv, n = expand(cmd, quick, paths)
                 cell = cells[fig.key][impl]
+                if cmd.optional and not os.access(argv[0], os.X_OK):
+                    cell.not_built = True
+                    if rep == 0:
+                        print(f"[{rep + 1}/{reps}] {fig.key:<24} {impl:<7} not built: {argv[0]}",
+                              file=sys.stderr, flush=True)
+                    continue
                 try:
                     v = run_program(argv, fig.metric, n)
                     cell.medians.append(v)
@@ -465,6 +649,18 @@ def fmt_target(t: Target, results: Results) -> str:
     return f"{t.label}: {'PASS' if ok else 'MISS'} ({shown})"
 
 
+def row_ratio(fig: Figure, impl_a: str, impl_b: str, results: Results) -> Optional[float]:
+    """A ratio column of fig's row. When the row has one of the two
+    implementations, the other may come from its ratio_with figure; a row
+    with neither shows no ratio (the ratio_with row has it)."""
+    has_a, has_b = fig.command(impl_a) is not None, fig.command(impl_b) is not None
+    if not (has_a and has_b) and not (fig.ratio_with and (has_a or has_b)):
+        return None
+    key_a = fig.key if has_a else fig.ratio_with
+    key_b = fig.key if has_b else fig.ratio_with
+    return cost_ratio(key_a, impl_a, key_b, impl_b)(results)
+
+
 def build_rows(
     figures: List[Figure], cells: Dict[str, Dict[str, Cell]]
 ) -> Tuple[List[str], List[List[str]], int]:
@@ -490,6 +686,8 @@ def build_rows(
             cell = cells[fig.key].get(impl)
             if cell is None:
                 vals.append("")
+            elif cell.not_built:
+                vals.append("not built")
             elif cell.errors and not cell.medians:
                 vals.append("FAILED")
             else:
@@ -500,8 +698,8 @@ def build_rows(
             [f"{fig.title} ({fig.unit})"]
             + vals
             + [
-                fmt_ratio(cost_ratio(fig.key, "mproc", fig.key, "raw")(results)),
-                fmt_ratio(cost_ratio(fig.key, "python", fig.key, "mproc")(results)),
+                fmt_ratio(row_ratio(fig, "mproc", "raw", results)),
+                fmt_ratio(row_ratio(fig, "python", "mproc", results)),
                 "; ".join(fmt_target(t, results) for t in fig.targets),
             ]
         )

@@ -15,6 +15,8 @@ packages=(
     redis-server       # the P1 tests (a connection shared across fork)
     libhiredis-dev
     clang-format
+    g++          # bench/bench_boost_mq.cpp only (a comparison, not a dependency)
+    libboost-dev # its header-only Boost.Interprocess
 )
 
 installed() {

@@ -71,7 +71,7 @@
  * The default spin before sleeping, in microseconds. A cross-CPU wake-up
  * costs ~25-30 us one way on the VMs this was measured on, so a peer that
  * answers within that is better waited for on the CPU; longer, the sleep
- * is cheaper. bench/bench_ipc.c measures both (docs/queue.md has the
+ * is cheaper. bench/bench_queue.c measures both (docs/queue.md has the
  * figures).
  */
 #define SPIN_US_DEFAULT 50
