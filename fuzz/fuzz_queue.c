@@ -3,7 +3,8 @@
  * it: arbitrary head and tail words and ring bytes. get must return whole
  * messages no longer than the queue's maximum, or MPROC_EPROTO, and never
  * copy out of bounds or wait; put must not write past the ring. The input
- * is head (8 bytes), tail (8 bytes), then the ring's contents.
+ * is head, tail, the consumers' and the producers' last looks at them
+ * (8 bytes each), then the ring's contents.
  */
 #include "internal.h"
 
@@ -33,13 +34,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!s)
         setup();
-    uint64_t words[2] = {0, 0};
+    uint64_t words[4] = {0, 0, 0, 0};
     memcpy(words, data, size < sizeof words ? size : sizeof words);
     size_t skip = size < sizeof words ? size : sizeof words;
     memset(s->ring, 0, CAP);
     memcpy(s->ring, data + skip, size - skip > CAP ? CAP : size - skip);
     atomic_store(&s->head, words[0]);
     atomic_store(&s->tail, words[1]);
+    atomic_store(&s->head_seen, words[2]);
+    atomic_store(&s->tail_seen, words[3]);
 
     unsigned char buf[MAX + 1];
     size_t total = 0;

@@ -268,13 +268,19 @@ struct mproc__queue_shared {
     uint32_t flags;
     int32_t spin_us;
 
+    /* Each side's line: written by its lock holder on every message. */
     alignas(64) struct mproc_lock put_lock;
-    _Atomic uint64_t head;       /* (count << 32) | position, producers' */
-    _Atomic uint32_t space_wait; /* a producer sleeps for room            */
+    _Atomic uint64_t head;      /* (count << 32) | position, producers' */
+    _Atomic uint64_t tail_seen; /* producers' last look at tail (<= it)  */
 
     alignas(64) struct mproc_lock get_lock;
-    _Atomic uint64_t tail; /* (count << 32) | position, consumers'  */
-    _Atomic uint32_t data_wait;
+    _Atomic uint64_t tail;      /* (count << 32) | position, consumers' */
+    _Atomic uint64_t head_seen; /* consumers' last look at head (<= it)  */
+
+    /* Read by the other side on every message, written only by sleepers:
+     * lines of their own, so reading them costs no cache miss. */
+    alignas(64) _Atomic uint32_t data_wait;  /* consumer asleep, fd armed */
+    alignas(64) _Atomic uint32_t space_wait; /* a producer sleeps for room */
 
     alignas(64) _Atomic uint32_t done; /* task_done calls (joinable)   */
     _Atomic uint32_t join_wait;

@@ -24,6 +24,14 @@
  * The lock then reports EOWNERDEAD to the next holder, which has nothing to
  * repair but a wake-up the dead one may have owed (below).
  *
+ * Cache lines. Each side keeps its lock, its word and its last look at the
+ * other side's word on one line, so that a put reads the consumers' line
+ * (a cache miss) only when its old view of the tail shows no room, and a
+ * get reads the producers' line only when its old view of the head shows
+ * no message. The views only lag (head and tail only grow), so what they
+ * show is there. The wait flags, read on every message but written only by
+ * sleepers, sit on lines of their own.
+ *
  * Waiting. A consumer that finds the ring empty keeps get_lock (so the
  * other consumers queue on the lock, and exactly one consumer waits for
  * data), spins for spin_us, then announces itself in data_wait and sleeps
@@ -556,16 +564,25 @@ int mproc_queue_put(mproc_queue_t *q, const void *msg, size_t len, int timeout_m
     if (rc < 0)
         return rc;
     uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);
+    /* The tail as last seen: it only grows, so room it shows is there. The
+     * real one (a cache miss: consumers write it) is read only when the
+     * old view shows no room. */
+    uint64_t t = atomic_load_explicit(&s->tail_seen, memory_order_relaxed);
     for (;;) {
-        uint64_t t = atomic_load_explicit(&s->tail, memory_order_acquire);
         int64_t used = used_bytes(q, h, t);
+        if (used >= 0 && (uint64_t)used + need <= q->cap &&
+            (!q->max_count || count_of(h) - count_of(t) < q->max_count))
+            break;
+        uint64_t now = atomic_load_explicit(&s->tail, memory_order_acquire);
+        if (now != t) {
+            t = now;
+            atomic_store_explicit(&s->tail_seen, t, memory_order_relaxed);
+            continue;
+        }
         if (used < 0) {
             rc = MPROC_EPROTO;
             break;
         }
-        if ((uint64_t)used + need <= q->cap &&
-            (!q->max_count || count_of(h) - count_of(t) < q->max_count))
-            break;
         if (expired(deadline)) {
             rc = -ETIMEDOUT;
             break;
@@ -618,12 +635,19 @@ int mproc_queue_get(mproc_queue_t *q, void *buf, size_t cap, size_t *len, int ti
     if (rc < 0)
         return rc;
     uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);
-    uint64_t h;
+    /* The head as last seen (by any consumer, under this lock): messages
+     * it shows are there. The real one is read only when it shows none. */
+    uint64_t h = atomic_load_explicit(&s->head_seen, memory_order_relaxed);
     int armed = 0;
     for (;;) {
-        h = atomic_load_explicit(&s->head, memory_order_acquire);
         if (pos_of(h) != pos_of(t))
             break;
+        uint64_t now = atomic_load_explicit(&s->head, memory_order_acquire);
+        if (now != h) {
+            h = now;
+            atomic_store_explicit(&s->head_seen, h, memory_order_relaxed);
+            continue;
+        }
         if (q->efd >= 0 && !armed) {
             arm_fd(q);
             armed = 1;
