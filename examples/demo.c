@@ -1,7 +1,8 @@
 /*
  * demo.c - what `make demo` runs: mproc's start methods and the fork
  * pitfalls it removes (P2, P3, P4, P7, P8, P9, P11, P13), each shown in a
- * few lines of output.
+ * few lines of output, and a queue that outlives a consumer killed inside
+ * a get.
  *
  * Every child reports back through a pipe handed over with
  * mproc_process_pass_fd, and the parent checks what it reads: the demo exits
@@ -737,6 +738,157 @@ static void step_tracker(void)
 }
 
 /* The safety net behind the per-step timeouts: never outstay a minute. */
+/* ---- step 8: a queue consumer killed inside get ---------------------------- */
+
+#define QUEUE_MSGS 200000
+
+typedef struct {
+    mproc_queue_ref_t q;
+    int report_fd;
+} queue_job_t;
+
+/* The victim: says it is about to wait, then waits in get on the empty
+ * queue, holding the consumers' side of it, until it is killed. */
+static int get_and_be_killed(const void *arg, size_t len)
+{
+    queue_job_t job;
+    if (len != sizeof job)
+        return 2;
+    memcpy(&job, arg, sizeof job);
+    mproc_queue_t *q;
+    if (mproc_queue_attach(&q, &job.q) < 0)
+        return 3;
+    char c = 'w', buf[8];
+    size_t n;
+    if (write(job.report_fd, &c, 1) != 1)
+        return 4;
+    mproc_queue_get(q, buf, sizeof buf, &n, 60000); /* killed long before */
+    return 5;
+}
+
+/* The survivor: sums every message until a 0, reports count and sum. */
+static int sum_messages(const void *arg, size_t len)
+{
+    queue_job_t job;
+    if (len != sizeof job)
+        return 2;
+    memcpy(&job, arg, sizeof job);
+    mproc_queue_t *q;
+    if (mproc_queue_attach(&q, &job.q) < 0)
+        return 3;
+    int64_t got[2] = {0, 0}; /* count, sum */
+    for (;;) {
+        int32_t v;
+        size_t n;
+        if (mproc_queue_get(q, &v, sizeof v, &n, 10000) < 0 || n != sizeof v)
+            return 4;
+        if (v == 0)
+            break;
+        got[0]++;
+        got[1] += v;
+    }
+    mproc_queue_close(q);
+    return write(job.report_fd, got, sizeof got) == sizeof got ? 0 : 6;
+}
+
+/* 1 once pid sleeps in the kernel (state S in /proc), 0 after 2 s. */
+static int wait_asleep(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    for (int i = 0; i < 2000; i++) {
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[n] = '\0';
+        const char *close_paren = strrchr(buf, ')');
+        if (close_paren && close_paren[1] == ' ' && close_paren[2] == 'S')
+            return 1;
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    return 0;
+}
+
+static void step_queue(void)
+{
+    printf("\n8. A queue consumer SIGKILLed inside get. In Python, a consumer killed while it\n"
+           "   holds a Queue's read lock blocks every other consumer for good. Here one\n"
+           "   consumer is killed while it waits in get; another then takes %d messages.\n",
+           QUEUE_MSGS);
+    fflush(stdout);
+    mproc_queue_t *q = NULL;
+    int pfd[2] = {-1, -1};
+    int rc = mproc_queue_create(NULL, NULL, NULL, &q);
+    if (rc == 0 && pipe2(pfd, O_CLOEXEC) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        printf("   setup failed: %s\n", mproc_strerror(rc));
+        g_failures++;
+        mproc_queue_close(q);
+        return;
+    }
+    queue_job_t job = {.report_fd = pfd[1]};
+    mproc_queue_ref(q, &job.q);
+    mproc_process_t *w[2] = {NULL, NULL};
+    mproc_entry_fn fns[2] = {get_and_be_killed, sum_messages};
+    const char *names[2] = {"demo-victim", "demo-consumer"};
+    char c = 0;
+    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        mproc_process_opts_t opts = {.name = names[i]};
+        rc = mproc_process_create(&w[i], fns[i], &job, sizeof job, &opts);
+        if (rc == 0)
+            rc = mproc_process_pass_queue(w[i], q);
+        if (rc == 0)
+            rc = mproc_process_pass_fd(w[i], pfd[1]);
+        if (rc == 0)
+            rc = mproc_process_start(w[i]);
+        if (rc == 0 && i == 0) {
+            /* The victim first: it must be the one waiting inside get. */
+            int waiting = poll(&p, 1, REPORT_MS) == 1 && read(pfd[0], &c, 1) == 1 && c == 'w' &&
+                          wait_asleep(mproc_process_pid(w[0]));
+            expect(waiting, "the victim waits inside get on the empty queue");
+        }
+    }
+    if (rc < 0) {
+        printf("   a consumer did not start: %s\n", mproc_strerror(rc));
+        g_failures++;
+    }
+    int code = -1;
+    if (w[0]) {
+        mproc_process_kill(w[0]);
+        finish(w[0], &code);
+    }
+    printf("   the victim, killed inside get: exit code %d\n", code);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t want = 0;
+    for (int32_t v = 1; v <= QUEUE_MSGS && rc == 0; v++) {
+        rc = mproc_queue_put(q, &v, sizeof v, JOIN_MS);
+        want += v;
+    }
+    int32_t stop = 0;
+    if (rc == 0)
+        rc = mproc_queue_put(q, &stop, sizeof stop, JOIN_MS);
+    int64_t got[2] = {0, 0};
+    int reported = rc == 0 && poll(&p, 1, REPORT_MS) == 1 &&
+                   read(pfd[0], got, sizeof got) == (ssize_t)sizeof got;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    int code2 = -1;
+    if (w[1])
+        finish(w[1], &code2);
+    printf("   the other consumer got %lld messages (sum %lld, expected %lld) in %.0f ms\n",
+           (long long)got[0], (long long)got[1], (long long)want, ms);
+    expect(code == -SIGKILL && reported && code2 == 0 && got[0] == QUEUE_MSGS && got[1] == want,
+           "the victim died by SIGKILL, the other consumer got every message once");
+    close(pfd[0]);
+    close(pfd[1]);
+    mproc_queue_close(q);
+}
+
 static void on_alarm(int sig)
 {
     (void)sig;
@@ -797,6 +949,7 @@ int main(int argc, char **argv)
     step_pidfd();
     step_robust_lock();
     step_tracker();
+    step_queue();
 
     mproc_forkserver_stop();
     mproc_tracker_stop(JOIN_MS);
