@@ -54,6 +54,7 @@ int main(int argc, char **argv)
         {MPROC_ESERVER, "MPROC_ESERVER"},       {MPROC_EPROTO, "MPROC_EPROTO"},
         {MPROC_ESTATUS, "MPROC_ESTATUS"},       {MPROC_ENOINIT, "MPROC_ENOINIT"},
         {MPROC_EBROKEN, "MPROC_EBROKEN"},       {MPROC_ETYPE, "MPROC_ETYPE"},
+        {MPROC_EWORKER, "MPROC_EWORKER"},       {MPROC_ETASK, "MPROC_ETASK"},
     };
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         printf("   %-18s %6d  %s\n", codes[i].name, codes[i].code, mproc_strerror(codes[i].code));

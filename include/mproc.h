@@ -51,7 +51,9 @@ enum {
     MPROC_ESTATUS = -10007,    /* child exited but its status was lost     */
     MPROC_ENOINIT = -10008,    /* spawned child's main skipped mproc_init  */
     MPROC_EBROKEN = -10009,    /* barrier broken (timeout, abort, death)   */
-    MPROC_ETYPE = -10010       /* shared object is not of the type asked   */
+    MPROC_ETYPE = -10010,      /* shared object is not of the type asked   */
+    MPROC_EWORKER = -10011,    /* the worker running the task died         */
+    MPROC_ETASK = -10012       /* some tasks of a map failed (see statuses) */
 };
 
 /*
@@ -923,6 +925,126 @@ typedef struct {
 int mproc_queue_ref(const mproc_queue_t *q, mproc_queue_ref_t *ref);
 int mproc_process_pass_queue(mproc_process_t *p, const mproc_queue_t *q);
 int mproc_queue_attach(mproc_queue_t **out, const mproc_queue_ref_t *ref);
+
+/* ------------------------------------------------------------------------ */
+/* Pool (docs/pool.md)                                                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A pool of worker processes that run tasks (Python's Pool, for C
+ * functions and bytes). A worker that dies, whatever kills it, is replaced
+ * at once; the one task it was running fails with MPROC_EWORKER (or runs
+ * again, if retries allow), tasks it had not started go to other workers,
+ * and every other task completes normally: no call waits for a dead
+ * worker (P10).
+ *
+ * Tasks travel through shared memory: a submitted task's argument and its
+ * result live in the pool's arena, and the workers are told only where.
+ * The arena bounds what is in flight: a submission that finds it full
+ * waits (back-pressure) while results are collected.
+ *
+ * The pool runs no thread: results are collected, callbacks run and dead
+ * workers are replaced inside pool calls (any wait, map, or
+ * mproc_pool_poll), in the calling thread. One thread at a time may use a
+ * pool. Workers are daemons: they die with the process that made the pool.
+ */
+
+/*
+ * A task function, run in a worker on arg[0, len): writes up to cap bytes
+ * of result into out and their count into *out_len (0 if untouched), and
+ * returns 0 or a negative code that becomes the task's error. Like an
+ * entry, it must live in the executable or a library the workers load.
+ */
+typedef int (*mproc_task_fn)(const void *arg, size_t len, void *out, size_t cap, size_t *out_len);
+
+typedef struct mproc_pool mproc_pool_t;
+
+typedef struct {
+    int workers;                 /* 0: the CPUs this process may run on   */
+    mproc_start_method_t method; /* MPROC_START_DEFAULT: the global default */
+    /* Run once in each worker before its first task (replacements too),
+     * with a copy of init_arg: the place to open a per-worker connection.
+     * A non-zero return makes the worker exit (and be replaced). */
+    mproc_entry_fn init;
+    const void *init_arg;
+    size_t init_len;
+    unsigned max_tasks_per_child; /* a worker is replaced after this many
+                                     tasks (0: never)                     */
+    unsigned retries;             /* runs again of a task whose worker died (0)  */
+    size_t max_result;            /* largest result of an apply (0: 64 KiB)      */
+    size_t arena;                 /* bytes for tasks in flight (0: 64 MiB)       */
+} mproc_pool_opts_t;
+
+/* Start the workers. opts may be NULL (all defaults). */
+int mproc_pool_create(mproc_pool_t **out, const mproc_pool_opts_t *opts);
+
+/* How one task ended. */
+typedef struct {
+    int rc;     /* 0, the task's own negative code, MPROC_EWORKER (its
+                   worker died while running it), or -ECANCELED (the pool
+                   was terminated first)                                 */
+    int status; /* MPROC_EWORKER: how the worker ended, as
+                   mproc_process_exitcode: -signal, or an exit status     */
+} mproc_task_status_t;
+
+/*
+ * map: out[i] = fn(in[i]) for count items of in_size bytes in, out_size
+ * bytes out (a result shorter than out_size leaves the rest zeroed).
+ * chunk: items per task (0: automatic, about count / (4 * workers)).
+ * Returns 0 when every item succeeded, MPROC_ETASK when some failed (st,
+ * which may be NULL, gets every item's status), -ETIMEDOUT (items still
+ * running are abandoned: their results are dropped when they come).
+ */
+int mproc_pool_map(mproc_pool_t *pool, mproc_task_fn fn, const void *in, size_t in_size, void *out,
+                   size_t out_size, size_t count, size_t chunk, mproc_task_status_t *st,
+                   int timeout_ms);
+
+/* A task in flight (Python's AsyncResult). */
+typedef struct mproc_task mproc_task_t;
+/* Called (in a pool call, in the calling thread) when a task has ended. */
+typedef void (*mproc_task_cb)(void *ctx, mproc_task_t *task);
+
+/*
+ * Submit fn(arg) and return at once with a handle (cb may be NULL).
+ * timeout_ms bounds the wait for room in the arena. -E2BIG if arg alone
+ * cannot fit the arena.
+ */
+int mproc_pool_apply_async(mproc_pool_t *pool, mproc_task_fn fn, const void *arg, size_t len,
+                           mproc_task_cb cb, void *ctx, mproc_task_t **out, int timeout_ms);
+/* 0 once the task ended, -ETIMEDOUT. */
+int mproc_task_wait(mproc_task_t *task, int timeout_ms);
+/* 1 if the task ended, 0 if not (collects results first, no wait). */
+int mproc_task_ready(mproc_task_t *task);
+/* An ended task's result (valid until mproc_task_free) and status;
+ * returns the status's rc. MPROC_ESTATE if it has not ended. */
+int mproc_task_result(const mproc_task_t *task, const void **buf, size_t *len,
+                      mproc_task_status_t *st);
+/* Forget the task (its result is dropped whenever it ends). */
+int mproc_task_free(mproc_task_t *task);
+
+/* apply: apply_async, wait, copy the result into out (-EMSGSIZE if cap is
+ * too small, *out_len saying how much), free. Returns the task's rc. */
+int mproc_pool_apply(mproc_pool_t *pool, mproc_task_fn fn, const void *arg, size_t len, void *out,
+                     size_t cap, size_t *out_len, mproc_task_status_t *st, int timeout_ms);
+
+/* Collect results, run callbacks, replace dead workers: waits up to
+ * timeout_ms for something to happen, returns how many tasks ended. */
+int mproc_pool_poll(mproc_pool_t *pool, int timeout_ms);
+/* An fd that polls readable when mproc_pool_poll has something to do. */
+int mproc_pool_fd(const mproc_pool_t *pool);
+
+/* No more tasks (MPROC_ESTATE after); workers exit once the tasks
+ * submitted are done. */
+int mproc_pool_close(mproc_pool_t *pool);
+/* Kill the workers now; tasks not ended get -ECANCELED. */
+int mproc_pool_terminate(mproc_pool_t *pool);
+/* After close or terminate: wait for every task and worker to end. */
+int mproc_pool_join(mproc_pool_t *pool, int timeout_ms);
+/* Free the pool (terminating it first if it still runs). Handles of
+ * tasks not freed become invalid. */
+int mproc_pool_free(mproc_pool_t *pool);
+/* Workers started so far, replacements included (a snapshot). */
+unsigned mproc_pool_workers_started(const mproc_pool_t *pool);
 
 /* ------------------------------------------------------------------------ */
 /* Resource tracker (docs/tracker.md)                                       */

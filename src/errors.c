@@ -42,6 +42,10 @@ const char *mproc_strerror(int code)
         return "barrier broken (a wait timed out, it was aborted or reset, or a party died)";
     case MPROC_ETYPE:
         return "shared object is not of the expected type (or not an mproc segment)";
+    case MPROC_EWORKER:
+        return "the worker process running the task died";
+    case MPROC_ETASK:
+        return "some tasks failed (see their statuses)";
     }
     if (code < 0 && code > -4096) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)

@@ -4,7 +4,7 @@
  *
  * Layering (a file only calls files listed before it):
  *   platform  errors  atfork  lock  request  child  spawn  tracker  shm
- *   sync  forkserver  process  channel  queue  init
+ *   sync  forkserver  process  channel  queue  pool  init
  */
 #ifndef MPROC_INTERNAL_H
 #define MPROC_INTERNAL_H
@@ -243,6 +243,9 @@ typedef struct {
 /* A forkserver child is about to close every fd the helper had: handles the
  * helper made (in a preload) keep their mappings but lose their fds. */
 void mproc__shm_forget_fds(void);
+
+/* The segment's mapping in this process: its first byte and its size. */
+void mproc__shm_mapping(const mproc_shm_t *shm, unsigned char **base, size_t *total);
 
 int mproc__shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, uint32_t ctype,
                    size_t size, int (*init)(void *obj, void *ctx), void *ctx, void **out);

@@ -460,6 +460,12 @@ int mproc_shm_open(mproc_shm_t **out, const char *name)
     return 0;
 }
 
+void mproc__shm_mapping(const mproc_shm_t *shm, unsigned char **base, size_t *total)
+{
+    *base = shm->base;
+    *total = shm->total;
+}
+
 int mproc_shm_ref(const mproc_shm_t *shm, mproc_shm_ref_t *ref)
 {
     if (!shm || !ref)

@@ -11,8 +11,8 @@
 #include "testutil.h"
 
 static const int mproc_codes[] = {
-    MPROC_ESTATE, MPROC_ETHREADS, MPROC_EBOOTSTRAP, MPROC_EENTRY,  MPROC_ESERVER,
-    MPROC_EPROTO, MPROC_ESTATUS,  MPROC_ENOINIT,    MPROC_EBROKEN, MPROC_ETYPE,
+    MPROC_ESTATE,  MPROC_ETHREADS, MPROC_EBOOTSTRAP, MPROC_EENTRY, MPROC_ESERVER, MPROC_EPROTO,
+    MPROC_ESTATUS, MPROC_ENOINIT,  MPROC_EBROKEN,    MPROC_ETYPE,  MPROC_EWORKER, MPROC_ETASK,
 };
 #define N_MPROC_CODES ((int)(sizeof mproc_codes / sizeof mproc_codes[0]))
 
@@ -139,9 +139,9 @@ static void test_strerror_unknown_and_zero(void)
         TU_CHECK(strcmp(zero, mproc_strerror(-EINVAL)) != 0);
         TU_CHECK(strcmp(zero, mproc_strerror(MPROC_ESTATE)) != 0);
     }
-    /* codes just outside mproc's range (MPROC_ESTATE down to MPROC_ETYPE)
+    /* codes just outside mproc's range (MPROC_ESTATE down to MPROC_ETASK)
      * are unknown, not mislabelled */
-    const char *below = mproc_strerror(MPROC_ETYPE - 1);
+    const char *below = mproc_strerror(MPROC_ETASK - 1);
     const char *above = mproc_strerror(MPROC_ESTATE + 1);
     if (below && above) {
         for (int i = 0; i < N_MPROC_CODES; i++) {
