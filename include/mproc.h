@@ -1006,8 +1006,10 @@ typedef void (*mproc_task_cb)(void *ctx, mproc_task_t *task);
 
 /*
  * Submit fn(arg) and return at once with a handle (cb may be NULL).
- * timeout_ms bounds the wait for room in the arena. -E2BIG if arg alone
- * cannot fit the arena.
+ * The task takes len plus max_result bytes of the arena until its handle
+ * is freed. timeout_ms bounds the wait for arena room (-ETIMEDOUT);
+ * -ENOBUFS when the arena is full of results not freed yet (waiting could
+ * not help: free some); -E2BIG if the task alone cannot fit the arena.
  */
 int mproc_pool_apply_async(mproc_pool_t *pool, mproc_task_fn fn, const void *arg, size_t len,
                            mproc_task_cb cb, void *ctx, mproc_task_t **out, int timeout_ms);
@@ -1026,6 +1028,25 @@ int mproc_task_free(mproc_task_t *task);
  * too small, *out_len saying how much), free. Returns the task's rc. */
 int mproc_pool_apply(mproc_pool_t *pool, mproc_task_fn fn, const void *arg, size_t len, void *out,
                      size_t cap, size_t *out_len, mproc_task_status_t *st, int timeout_ms);
+
+/*
+ * imap and imap_unordered, for streams whose length is not known up
+ * front: put items one by one (a put waits for arena room, up to
+ * timeout_ms: back-pressure; -ENOBUFS when only taking results would make
+ * room), take results with next, in the order the
+ * items were put (ordered non-zero) or as they end. next returns the
+ * item's rc (0, the task's code, MPROC_EWORKER...) with *index the item's
+ * number (0 for the first put) and st (may be NULL) its status;
+ * -EMSGSIZE if cap is too small (the result stays, *len says its size);
+ * -ENODATA when every item put so far was taken; -ETIMEDOUT.
+ */
+typedef struct mproc_imap mproc_imap_t;
+int mproc_pool_imap(mproc_pool_t *pool, mproc_task_fn fn, int ordered, mproc_imap_t **out);
+int mproc_imap_put(mproc_imap_t *it, const void *arg, size_t len, int timeout_ms);
+int mproc_imap_next(mproc_imap_t *it, void *out, size_t cap, size_t *len, uint64_t *index,
+                    mproc_task_status_t *st, int timeout_ms);
+/* Forget the stream (items still running end on their own). */
+int mproc_imap_free(mproc_imap_t *it);
 
 /* Collect results, run callbacks, replace dead workers: waits up to
  * timeout_ms for something to happen, returns how many tasks ended. */

@@ -244,6 +244,11 @@ typedef struct {
  * helper made (in a preload) keep their mappings but lose their fds. */
 void mproc__shm_forget_fds(void);
 
+/* As mproc_shm_alloc, without zeroing the bytes (the caller writes
+ * every byte it reads later): a pool job's result room is large and
+ * mostly untouched. */
+int mproc__shm_alloc_dirty(mproc_shm_t *shm, size_t size, void **out);
+
 /* The segment's mapping in this process: its first byte and its size. */
 void mproc__shm_mapping(const mproc_shm_t *shm, unsigned char **base, size_t *total);
 

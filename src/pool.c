@@ -279,6 +279,7 @@ struct mproc_task {
     mproc_task_cb cb;
     void *ctx;
     int ended;
+    uint64_t index; /* in its imap stream */
 };
 
 typedef struct {
@@ -308,6 +309,7 @@ struct mproc_pool {
     job_t *jobs, *jobs_tail;
     job_t *all;
     unsigned live_jobs;
+    unsigned running_jobs; /* live jobs with items not ended */
     unsigned fresh_deaths; /* workers in a row that died before any report */
     int broken;            /* gave up replacing workers: why */
     int closed, terminated;
@@ -451,6 +453,7 @@ static void job_free(mproc_pool_t *pool, job_t *j)
 /* Every item of j has ended. */
 static void job_ended(mproc_pool_t *pool, job_t *j)
 {
+    pool->running_jobs--;
     if (j->kind == JOB_APPLY && j->task) {
         struct mproc_task *t = j->task;
         t->ended = 1;
@@ -718,9 +721,14 @@ static int job_new(mproc_pool_t *pool, mproc_task_fn fn, uint64_t count, uint64_
     }
     void *mem;
     int rc;
-    while ((rc = mproc_shm_alloc(pool->shm, size, NULL, &mem)) == -ENOMEM) {
+    while ((rc = mproc__shm_alloc_dirty(pool->shm, size, &mem)) == -ENOMEM) {
         int left = mproc__remaining_ms(deadline);
-        if (left == 0 || pool->live_jobs == 0)
+        if (pool->running_jobs == 0) {
+            /* Full of results nobody took yet: waiting cannot help. */
+            rc = -ENOBUFS;
+            break;
+        }
+        if (left == 0)
             break;
         rc = step(pool, left); /* results free arena blocks */
         if (rc < 0)
@@ -732,6 +740,7 @@ static int job_new(mproc_pool_t *pool, mproc_task_fn fn, uint64_t count, uint64_
         return rc == -ENOMEM && mproc__remaining_ms(deadline) == 0 ? -ETIMEDOUT : rc;
     }
     j->s = mem;
+    memset(mem, 0, items_off() + count * sizeof(item_t)); /* header, states */
     j->s->fn = (uint32_t)id;
     j->s->count = count;
     j->s->in_size = in_size;
@@ -741,6 +750,7 @@ static int job_new(mproc_pool_t *pool, mproc_task_fn fn, uint64_t count, uint64_
     mproc_shm_offset(pool->shm, mem, &j->off);
     j->count = (uint32_t)count;
     j->chunk = 1;
+    pool->running_jobs++;
     j->all_next = pool->all;
     if (pool->all)
         pool->all->all_prev = j;
@@ -1030,6 +1040,172 @@ int mproc_pool_apply(mproc_pool_t *pool, mproc_task_fn fn, const void *arg, size
     }
     mproc_task_free(t);
     return rc;
+}
+
+/* ---- imap ------------------------------------------------------------------- */
+
+/* A stream: its tasks in the order they were put (a ring), and for the
+ * unordered kind, the positions of those that ended, in the order they
+ * did (filled by the tasks' callback). */
+typedef struct {
+    mproc_task_t *task; /* NULL once taken */
+    uint64_t index;
+} slot_t;
+
+struct mproc_imap {
+    mproc_pool_t *pool;
+    mproc_task_fn fn;
+    int ordered;
+    slot_t *ring;
+    size_t head, n, cap; /* ring[head .. head + n) in put order  */
+    uint64_t next_index; /* of the next put                      */
+    uint64_t *ended;     /* unordered: indexes that ended (FIFO)  */
+    size_t ehead, en;
+};
+
+int mproc_pool_imap(mproc_pool_t *pool, mproc_task_fn fn, int ordered, mproc_imap_t **out)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (!pool || !fn)
+        return -EINVAL;
+    mproc_imap_t *it = calloc(1, sizeof *it);
+    if (!it)
+        return -ENOMEM;
+    it->pool = pool;
+    it->fn = fn;
+    it->ordered = ordered != 0;
+    *out = it;
+    return 0;
+}
+
+static slot_t *slot_of(mproc_imap_t *it, uint64_t index)
+{
+    uint64_t first = it->next_index - it->n;
+    if (index < first || index >= it->next_index)
+        return NULL;
+    return &it->ring[(it->head + (index - first)) % it->cap];
+}
+
+static void imap_ended(void *ctx, mproc_task_t *t)
+{
+    mproc_imap_t *it = ctx;
+    it->ended[(it->ehead + it->en) % it->cap] = t->index;
+    it->en++;
+}
+
+static int imap_grow(mproc_imap_t *it)
+{
+    size_t cap = it->cap ? it->cap * 2 : 64;
+    slot_t *ring = malloc(cap * sizeof *ring);
+    uint64_t *ended = malloc(cap * sizeof *ended);
+    if (!ring || !ended) {
+        free(ring);
+        free(ended);
+        return -ENOMEM;
+    }
+    for (size_t k = 0; k < it->n; k++)
+        ring[k] = it->ring[(it->head + k) % it->cap];
+    for (size_t k = 0; k < it->en; k++)
+        ended[k] = it->ended[(it->ehead + k) % it->cap];
+    free(it->ring);
+    free(it->ended);
+    it->ring = ring;
+    it->ended = ended;
+    it->head = it->ehead = 0;
+    it->cap = cap;
+    return 0;
+}
+
+int mproc_imap_put(mproc_imap_t *it, const void *arg, size_t len, int timeout_ms)
+{
+    if (!it)
+        return -EINVAL;
+    if (it->n == it->cap) {
+        int rc = imap_grow(it);
+        if (rc < 0)
+            return rc;
+    }
+    mproc_task_t *t;
+    int rc = mproc_pool_apply_async(it->pool, it->fn, arg, len, it->ordered ? NULL : imap_ended, it,
+                                    &t, timeout_ms);
+    if (rc < 0)
+        return rc;
+    /* Its callback runs in a later pool call, never in this one. */
+    t->index = it->next_index;
+    it->ring[(it->head + it->n) % it->cap] = (slot_t){t, it->next_index++};
+    it->n++;
+    return 0;
+}
+
+/* Drop taken slots from the front of the ring. */
+static void imap_trim(mproc_imap_t *it)
+{
+    while (it->n && !it->ring[it->head].task) {
+        it->head = (it->head + 1) % it->cap;
+        it->n--;
+    }
+}
+
+static int imap_has_next(void *ctx)
+{
+    mproc_imap_t *it = ctx;
+    if (it->ordered)
+        return it->n && it->ring[it->head].task->ended;
+    return it->en > 0;
+}
+
+int mproc_imap_next(mproc_imap_t *it, void *out, size_t cap, size_t *len, uint64_t *index,
+                    mproc_task_status_t *st, int timeout_ms)
+{
+    if (!it || !len || (cap && !out))
+        return -EINVAL;
+    *len = 0;
+    imap_trim(it);
+    if (!it->n)
+        return -ENODATA;
+    int rc = pump_until(it->pool, imap_has_next, it, timeout_ms);
+    if (rc < 0)
+        return rc;
+    slot_t *s = it->ordered ? &it->ring[it->head] : slot_of(it, it->ended[it->ehead]);
+    if (!s || !s->task)
+        return MPROC_ESTATE; /* cannot happen: an ended index is in the ring */
+    const void *buf;
+    size_t n;
+    rc = mproc_task_result(s->task, &buf, &n, st);
+    *len = n;
+    if (rc == 0 && n > cap)
+        return -EMSGSIZE; /* it stays for a larger buffer */
+    if (rc == 0)
+        memcpy(out, buf, n);
+    if (index)
+        *index = s->index;
+    mproc_task_free(s->task);
+    s->task = NULL;
+    if (!it->ordered) {
+        it->ehead = (it->ehead + 1) % it->cap;
+        it->en--;
+    }
+    imap_trim(it);
+    return rc;
+}
+
+int mproc_imap_free(mproc_imap_t *it)
+{
+    if (!it)
+        return 0;
+    for (size_t k = 0; k < it->n; k++) {
+        slot_t *s = &it->ring[(it->head + k) % it->cap];
+        if (s->task) {
+            s->task->cb = NULL; /* the stream goes: nobody to tell */
+            mproc_task_free(s->task);
+        }
+    }
+    free(it->ring);
+    free(it->ended);
+    free(it);
+    return 0;
 }
 
 int mproc_pool_poll(mproc_pool_t *pool, int timeout_ms)

@@ -692,8 +692,8 @@ static block_t *block_of(const mproc_shm_t *shm, const void *p)
     return NULL;
 }
 
-int mproc__shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, uint32_t ctype,
-                   size_t size, int (*init)(void *obj, void *ctx), void *ctx, void **out)
+static int shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, uint32_t ctype,
+                   size_t size, int (*init)(void *obj, void *ctx), void *ctx, int zero, void **out)
 {
     if (!out)
         return -EINVAL;
@@ -732,7 +732,8 @@ int mproc__shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, ui
             after->prev_size = rest->size;
         __atomic_store_n(&b->size, need, __ATOMIC_RELEASE);
     }
-    memset(payload, 0, b->size - BLOCK_HDR);
+    if (zero)
+        memset(payload, 0, b->size - BLOCK_HDR);
     rc = init ? init(payload, ctx) : 0;
     if (rc == 0) {
         b->type = (uint32_t)type;
@@ -746,6 +747,17 @@ int mproc__shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, ui
     }
     arena_unlock(shm);
     return rc;
+}
+
+int mproc__shm_new(mproc_shm_t *shm, const char *name, mproc_obj_type_t type, uint32_t ctype,
+                   size_t size, int (*init)(void *obj, void *ctx), void *ctx, void **out)
+{
+    return shm_new(shm, name, type, ctype, size, init, ctx, 1, out);
+}
+
+int mproc__shm_alloc_dirty(mproc_shm_t *shm, size_t size, void **out)
+{
+    return shm_new(shm, NULL, MPROC_OBJ_BYTES, 0, size, NULL, NULL, 0, out);
 }
 
 int mproc_shm_alloc(mproc_shm_t *shm, size_t size, const char *name, void **out)

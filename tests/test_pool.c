@@ -620,6 +620,88 @@ static void test_terminate(void)
     TU_CHECK_OK(mproc_pool_free(p));
 }
 
+/* ------------------------------------------------------------------ imap */
+
+/* Items take uneven time (so they end out of order); one kills its
+ * worker. Ordered: results come back in put order; unordered: each index
+ * exactly once. Items are put and taken interleaved, as a stream. */
+static int uneven_task(const void *arg, size_t len, void *out, size_t cap, size_t *out_len)
+{
+    item_t it;
+    if (len != sizeof it || cap < sizeof(int64_t))
+        return -EINVAL;
+    memcpy(&it, arg, sizeof it);
+    for (volatile int64_t i = 0; i < (it.v % 7) * 3000; i++)
+        ;
+    return item_task(arg, len, out, cap, out_len);
+}
+
+static void imap_stream(mproc_start_method_t m)
+{
+    mproc_pool_t *p = new_pool(2, m, 0);
+    TU_REQUIRE(p);
+    for (int ordered = 1; ordered >= 0 && !tu_failed; ordered--) {
+        tu_context("ordered=%d", ordered);
+        mproc_imap_t *it = NULL;
+        TU_REQUIRE_OK(mproc_pool_imap(p, uneven_task, ordered, &it));
+        size_t n = 3000, taken = 0, killed_at = 1234, full = 0;
+        uint8_t *seen = calloc(n, 1);
+        TU_REQUIRE(seen);
+        uint64_t expect = 0;
+        int64_t end = tu_now_ms() + TU_T_MS;
+        for (size_t put = 0; taken < n && tu_now_ms() < end;) {
+            if (put < n) {
+                item_t x = {.v = (int64_t)put, .act = put == killed_at ? ACT_KILL : ACT_OK};
+                int rc = mproc_imap_put(it, &x, sizeof x, TU_T_MS);
+                if (rc == 0 && ++put % 5)
+                    continue; /* take one result for every five put */
+                /* -ENOBUFS: the arena holds results not taken yet */
+                TU_REQUIRE(rc == 0 || rc == -ENOBUFS);
+                full += rc == -ENOBUFS;
+            }
+            int64_t r;
+            size_t len;
+            uint64_t idx = 99999;
+            mproc_task_status_t st;
+            int rc = mproc_imap_next(it, &r, sizeof r, &len, &idx, &st, TU_T_MS);
+            TU_REQUIRE(idx < n);
+            if (ordered)
+                TU_CHECK_EQ_INT(idx, expect++);
+            TU_CHECK_EQ_INT(seen[idx], 0);
+            seen[idx] = 1;
+            if (idx == killed_at) {
+                TU_CHECK_EQ_INT(rc, MPROC_EWORKER);
+                TU_CHECK_EQ_INT(st.status, -SIGKILL);
+            } else {
+                TU_CHECK_OK(rc);
+                TU_CHECK_EQ_INT(r, (int64_t)idx + 1);
+            }
+            taken++;
+        }
+        TU_CHECK_EQ_INT(taken, n);
+        (void)full;
+        int64_t r;
+        size_t len;
+        TU_CHECK_EQ_INT(mproc_imap_next(it, &r, sizeof r, &len, NULL, NULL, 0), -ENODATA);
+        /* A buffer too small: the result waits for a larger one. */
+        item_t x = {.v = 5};
+        TU_CHECK_OK(mproc_imap_put(it, &x, sizeof x, TU_T_MS));
+        char small[2];
+        TU_CHECK_EQ_INT(mproc_imap_next(it, small, sizeof small, &len, NULL, NULL, TU_T_MS),
+                        -EMSGSIZE);
+        TU_CHECK_EQ_INT(len, sizeof r);
+        TU_CHECK_OK(mproc_imap_next(it, &r, sizeof r, &len, NULL, NULL, TU_T_MS));
+        TU_CHECK_EQ_INT(r, 6);
+        /* Freed with items in flight: they end on their own. */
+        TU_CHECK_OK(mproc_imap_put(it, &x, sizeof x, TU_T_MS));
+        TU_CHECK_OK(mproc_imap_free(it));
+        free(seen);
+    }
+    tu_context(NULL);
+    end_pool(p);
+}
+TU_DEFINE_METHOD_CASES(imap_stream)
+
 /* ------------------------------------------------------------------ bad input */
 
 static void test_bad_input(void)
@@ -663,17 +745,12 @@ static void test_bad_input(void)
 /* ------------------------------------------------------------------ main */
 
 static const tu_case_t cases[] = {
-    TU_METHOD_CASES(map_in_order),
-    TU_CASE(test_task_errors),
-    TU_METHOD_CASES(deaths),
-    TU_CASE(test_kill_rounds),
-    TU_CASE(test_kill_from_outside),
-    TU_METHOD_CASES(init_and_max_tasks),
-    TU_CASE(test_init_refuses),
-    TU_CASE(test_apply_async),
-    TU_CASE(test_terminate),
-    TU_CASE(test_bad_input),
-    TU_END,
+    TU_METHOD_CASES(map_in_order),   TU_CASE(test_task_errors),
+    TU_METHOD_CASES(deaths),         TU_CASE(test_kill_rounds),
+    TU_CASE(test_kill_from_outside), TU_METHOD_CASES(init_and_max_tasks),
+    TU_CASE(test_init_refuses),      TU_CASE(test_apply_async),
+    TU_METHOD_CASES(imap_stream),    TU_CASE(test_terminate),
+    TU_CASE(test_bad_input),         TU_END,
 };
 
 int main(int argc, char **argv)
