@@ -313,6 +313,7 @@ struct mproc_pool {
     unsigned fresh_deaths; /* workers in a row that died before any report */
     int broken;            /* gave up replacing workers: why */
     int closed, terminated;
+    int draining;    /* join told the workers to stop: no replacements */
     int start_error; /* the last replacement that failed */
 };
 
@@ -614,7 +615,7 @@ static void worker_exited(mproc_pool_t *pool, unsigned idx)
     while (mproc_queue_get(w->q, &m, sizeof m, &len, 0) == 0)
         ;
     w->head = 0;
-    if (w->stopping || pool->terminated)
+    if (w->stopping || pool->terminated || pool->draining)
         return;
     /* A worker that dies before reporting anything, again and again (an
      * init that fails, a crash at start): stop replacing them, or the
@@ -662,7 +663,7 @@ static int step(mproc_pool_t *pool, int timeout_ms)
             worker_exited(pool, ev[i].data.u32 - 1);
             events++;
         }
-    if (!live_workers(pool) && !pool->terminated) {
+    if (!live_workers(pool) && !pool->terminated && !pool->draining) {
         /* Replacements failed: try again, and fail the work if we cannot. */
         for (unsigned k = 0; k < pool->nworkers && !pool->broken; k++)
             if (!pool->w[k].p && !pool->w[k].stopping && start_worker(pool, k) < 0)
@@ -1286,6 +1287,7 @@ int mproc_pool_join(mproc_pool_t *pool, int timeout_ms)
     int rc = pump_until(pool, all_ended, pool, timeout_ms);
     if (rc < 0)
         return rc;
+    pool->draining = 1;
     for (unsigned k = 0; k < pool->nworkers; k++) {
         worker_t *w = &pool->w[k];
         if (w->p && !w->stopping) {
