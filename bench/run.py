@@ -510,9 +510,95 @@ def queue_figures() -> List[Figure]:
     ]
 
 
-# Every figure, in table order. Later figures (pool) go here.
+# ---- worker pool -------------------------------------------------------------
+
+# Per program run (full, quick): items per map for the x -> x + 1 rows
+# (100,000: the automatic chunk size, mproc's and Pool.map's default,
+# depends on it: 12,500 on 2 workers), tasks per map for the CPU-bound rows.
+# mproc does ~5-10 M items/s at chunk 1 and ~100-150 M/s at chunk 100 and
+# above (20 maps per run); Python's Pool ~60 k/s at chunk 1, ~3 M/s at 100,
+# ~7 M/s at its default; the executor ~15 k/s, ~1 M/s, ~3 M/s (5 maps per
+# run). The CPU-bound tasks take ~1 ms each.
+POOL_ITEMS = 100_000
+POOL_ITERATIONS = {
+    "1": {"mproc": (POOL_ITEMS, POOL_ITEMS), "pool": (100_000, 30_000),
+          "executor": (30_000, 10_000)},
+    "100": {"mproc": (POOL_ITEMS, POOL_ITEMS), "pool": (POOL_ITEMS, POOL_ITEMS),
+            "executor": (POOL_ITEMS, POOL_ITEMS)},
+    "auto": {"mproc": (POOL_ITEMS, POOL_ITEMS), "pool": (POOL_ITEMS, POOL_ITEMS),
+             "executor": (POOL_ITEMS, POOL_ITEMS), "raw": (POOL_ITEMS, POOL_ITEMS)},
+    "cpu": {"mproc": (200, 200), "python": (200, 200)},
+}
+
+
+def pool_figures() -> List[Figure]:
+    bench = "{bench_bin}/bench_pool"
+    py = ("{python}", "{bench_src}/py_pool.py")
+    n = POOL_ITERATIONS
+    auto, c1 = "pool.map.auto", "pool.map.1"
+    cpu1, cpu2 = "pool.cpu.1", "pool.cpu.2"
+    rate = dict(metric="median_per_s", unit="tasks/s", lower_is_better=False)
+
+    def py_speedup(key: str, limit: float, what: str) -> Target:
+        return Target(
+            f"Python/mproc ≥{limit:g}×{what}", cost_ratio(key, "python", key, "mproc"), limit, True
+        )
+
+    def chunk_rows(chunk: str, label: str, targets=()) -> List[Figure]:
+        key = f"pool.map.{chunk}"
+        is_auto = chunk == "auto"
+        return [
+            Figure(
+                key=key,
+                title=f"pool map x+1, {label}, Python Pool"
+                + (" (raw: static split, no dispatch)" if is_auto else " (raw: auto row's)"),
+                mproc=Command((bench, f"mproc-map-{chunk}", "{n}"), *n[chunk]["mproc"]),
+                python=Command(py + (f"pool-{chunk}", "{n}"), *n[chunk]["pool"]),
+                raw=Command((bench, "raw-split", "{n}"), *n[chunk]["raw"]) if is_auto else None,
+                targets=tuple(targets),
+                ratio_with=None if is_auto else auto,
+                **rate,
+            ),
+            Figure(
+                key=key + ".executor",
+                title=f"pool map x+1, {label}, Python ProcessPoolExecutor"
+                + (" (Pool's chunk)" if is_auto else ""),
+                mproc=None,
+                python=Command(py + (f"executor-{chunk}", "{n}"), *n[chunk]["executor"]),
+                raw=None,
+                ratio_with=key,
+                **rate,
+            ),
+        ]
+
+    def cpu_row(workers: int, targets=()) -> Figure:
+        what = "1 worker" if workers == 1 else f"{workers} workers"
+        return Figure(
+            key=f"pool.cpu.{workers}",
+            title=f"pool map 1 ms CPU-bound tasks, {what} (no raw floor)",
+            mproc=Command((bench, f"mproc-cpu-{workers}", "{n}"), *n["cpu"]["mproc"]),
+            python=Command(py + (f"cpu-{workers}", "{n}"), *n["cpu"]["python"]),
+            raw=None,
+            targets=tuple(targets),
+            **rate,
+        )
+
+    return (
+        chunk_rows("1", "chunk 1", [py_speedup(c1, 20, "")])
+        + chunk_rows("100", "chunk 100")
+        + chunk_rows("auto", "auto chunk", [py_speedup(auto, 10, " (Pool's default chunk)")])
+        + [
+            cpu_row(1),
+            cpu_row(2, [Target("mproc ≥1.8× 1 worker", cost_ratio(cpu1, "mproc", cpu2, "mproc"),
+                               1.8, True)]),
+        ]
+    )
+
+
+# Every figure, in table order.
 FIGURES: List[Figure] = (
     start_figures() + guard_figures() + sync_figures() + conn_figures() + queue_figures()
+    + pool_figures()
 )
 
 
