@@ -618,6 +618,34 @@ static void test_terminate(void)
     mproc_task_t *x;
     TU_CHECK_EQ_INT(mproc_pool_apply_async(p, inc_task, &it, 8, NULL, NULL, &x, 0), MPROC_ESTATE);
     TU_CHECK_OK(mproc_pool_free(p));
+
+    /* Mid-map, as a stream: 30 items, some done, two running for ever,
+     * the rest queued; terminate; every item is accounted for once. */
+    p = new_pool(2, MPROC_START_FORK, 0);
+    TU_REQUIRE(p);
+    mproc_imap_t *s = NULL;
+    TU_REQUIRE_OK(mproc_pool_imap(p, item_task, 1, &s));
+    for (int i = 0; i < 30; i++) {
+        item_t y = {.v = i, .act = i >= 10 ? ACT_BLOCK : ACT_OK};
+        TU_REQUIRE_OK(mproc_imap_put(s, &y, sizeof y, TU_T_MS));
+    }
+    int64_t r;
+    size_t len;
+    uint64_t idx;
+    for (int i = 0; i < 10; i++) {
+        TU_CHECK_OK(mproc_imap_next(s, &r, sizeof r, &len, &idx, NULL, TU_T_MS));
+        TU_CHECK_EQ_INT(idx, i);
+    }
+    TU_CHECK_EQ_INT(mproc_imap_next(s, &r, sizeof r, &len, &idx, NULL, 50), -ETIMEDOUT);
+    TU_CHECK_OK(mproc_pool_terminate(p));
+    for (int i = 10; i < 30; i++) {
+        TU_CHECK_EQ_INT(mproc_imap_next(s, &r, sizeof r, &len, &idx, NULL, 0), -ECANCELED);
+        TU_CHECK_EQ_INT(idx, i);
+    }
+    TU_CHECK_EQ_INT(mproc_imap_next(s, &r, sizeof r, &len, &idx, NULL, 0), -ENODATA);
+    TU_CHECK_OK(mproc_imap_free(s));
+    TU_CHECK_OK(mproc_pool_join(p, TU_T_MS));
+    TU_CHECK_OK(mproc_pool_free(p));
 }
 
 /* ------------------------------------------------------------------ imap */
