@@ -969,7 +969,8 @@ typedef struct {
     const void *init_arg;
     size_t init_len;
     unsigned max_tasks_per_child; /* a worker is replaced after this many
-                                     tasks (0: never)                     */
+                                     tasks (0: never); a map's chunk is one
+                                     task, as in Python                   */
     unsigned retries;             /* runs again of a task whose worker died (0)  */
     size_t max_result;            /* largest result of an apply (0: 64 KiB)      */
     size_t arena;                 /* bytes for tasks in flight (0: 64 MiB)       */
@@ -1049,20 +1050,22 @@ int mproc_imap_next(mproc_imap_t *it, void *out, size_t cap, size_t *len, uint64
 int mproc_imap_free(mproc_imap_t *it);
 
 /* Collect results, run callbacks, replace dead workers: waits up to
- * timeout_ms for something to happen, returns how many tasks ended. */
+ * timeout_ms for something to happen; returns how many events (reports
+ * of finished ranges, workers that exited) were handled. */
 int mproc_pool_poll(mproc_pool_t *pool, int timeout_ms);
 /* An fd that polls readable when mproc_pool_poll has something to do. */
 int mproc_pool_fd(const mproc_pool_t *pool);
 
-/* No more tasks (MPROC_ESTATE after); workers exit once the tasks
- * submitted are done. */
+/* No more tasks (MPROC_ESTATE after, and on a second close); the workers
+ * go on with the tasks submitted, and exit when join has seen them done. */
 int mproc_pool_close(mproc_pool_t *pool);
 /* Kill the workers now; tasks not ended get -ECANCELED. */
 int mproc_pool_terminate(mproc_pool_t *pool);
 /* After close or terminate: wait for every task and worker to end. */
 int mproc_pool_join(mproc_pool_t *pool, int timeout_ms);
-/* Free the pool (terminating it first if it still runs). Handles of
- * tasks not freed become invalid. */
+/* Free the pool (terminating it first if it still runs). Free task
+ * handles and imap streams before; after this, the only call allowed on
+ * one is mproc_task_free / mproc_imap_free, which releases its memory. */
 int mproc_pool_free(mproc_pool_t *pool);
 /* Workers started so far, replacements included (a snapshot). */
 unsigned mproc_pool_workers_started(const mproc_pool_t *pool);

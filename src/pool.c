@@ -133,19 +133,26 @@ static size_t job_size(uint64_t count, uint64_t in_size, uint64_t out_size)
     return items_off() + (size_t)(count * per);
 }
 
-static item_t *job_items(job_shared_t *j)
+/* Where a job's parts are, from sizes the reader holds itself: a
+ * process never re-reads them from the segment after checking them. */
+typedef struct {
+    unsigned char *base;
+    uint64_t count, in_size, out_size;
+} layout_t;
+
+static item_t *job_items(const layout_t *l)
 {
-    return (item_t *)((unsigned char *)j + items_off());
+    return (item_t *)(l->base + items_off());
 }
 
-static unsigned char *job_in(job_shared_t *j, uint64_t i)
+static unsigned char *job_in(const layout_t *l, uint64_t i)
 {
-    return (unsigned char *)(job_items(j) + j->count) + i * j->in_size;
+    return (unsigned char *)(job_items(l) + l->count) + i * l->in_size;
 }
 
-static unsigned char *job_out(job_shared_t *j, uint64_t i)
+static unsigned char *job_out(const layout_t *l, uint64_t i)
 {
-    return (unsigned char *)(job_items(j) + j->count) + j->count * j->in_size + i * j->out_size;
+    return (unsigned char *)(job_items(l) + l->count) + l->count * l->in_size + i * l->out_size;
 }
 
 /* ---- the worker's side ------------------------------------------------------ */
@@ -168,27 +175,32 @@ static int fn_resolve(const fn_slot_t *slot, mproc_entry_fn *fn)
     return mproc__entry_resolve(&ref, fn);
 }
 
-/* The job a message names, checked against the mapping. */
-static job_shared_t *job_at(unsigned char *base, size_t total, const task_msg_t *m)
+/* The job a message names, checked against the mapping; its layout and
+ * function number copied out once checked. 0, or -1 if anything is off. */
+static int job_at(unsigned char *base, size_t total, const task_msg_t *m, layout_t *l, uint32_t *fn)
 {
     if (m->job < MPROC__SHM_HEADER || m->job > total - sizeof(job_shared_t) || (m->job & 7))
-        return NULL;
-    job_shared_t *j = (job_shared_t *)(base + m->job);
-    if (j->magic != JOB_MAGIC || j->fn >= FNS_MAX || j->size > total - m->job ||
-        job_size(j->count, j->in_size, j->out_size) != j->size || m->count == 0 ||
-        m->start > j->count || m->count > j->count - m->start)
-        return NULL;
-    return j;
+        return -1;
+    job_shared_t j;
+    memcpy(&j, base + m->job, sizeof j);
+    size_t size = job_size(j.count, j.in_size, j.out_size);
+    if (j.magic != JOB_MAGIC || j.fn >= FNS_MAX || size == 0 || j.size != size ||
+        size > total - m->job || m->count == 0 || m->start > j.count ||
+        m->count > j.count - m->start)
+        return -1;
+    *l = (layout_t){base + m->job, j.count, j.in_size, j.out_size};
+    *fn = j.fn;
+    return 0;
 }
 
-static int run_range(job_shared_t *j, const task_msg_t *m, mproc_task_fn fn)
+static int run_range(const layout_t *l, const task_msg_t *m, mproc_task_fn fn)
 {
-    item_t *items = job_items(j);
+    item_t *items = job_items(l);
     for (uint64_t i = m->start; i < (uint64_t)m->start + m->count; i++) {
         atomic_store_explicit(&items[i].state, ITEM_RUNNING, memory_order_relaxed);
         size_t len = 0;
-        int rc = fn(job_in(j, i), j->in_size, job_out(j, i), j->out_size, &len);
-        if (len > j->out_size) {
+        int rc = fn(job_in(l, i), l->in_size, job_out(l, i), l->out_size, &len);
+        if (len > l->out_size) {
             rc = -EMSGSIZE; /* it said more than it was given room for */
             len = 0;
         }
@@ -241,16 +253,17 @@ static int pool_worker(const void *arg, size_t len)
             return 4;
         if (m.job == 0)
             return 0;
-        job_shared_t *j = job_at(base, total, &m);
-        if (!j)
+        layout_t l;
+        uint32_t fn;
+        if (job_at(base, total, &m, &l, &fn) < 0)
             return 4;
-        if (!fns[j->fn]) {
+        if (!fns[fn]) {
             mproc_entry_fn e;
-            if (fn_resolve(&ps->fns[j->fn], &e) < 0)
+            if (fn_resolve(&ps->fns[fn], &e) < 0)
                 return 2;
-            memcpy(&fns[j->fn], &e, sizeof e);
+            memcpy(&fns[fn], &e, sizeof e);
         }
-        run_range(j, &m, fns[j->fn]);
+        run_range(&l, &m, fns[fn]);
         done_msg_t d = {m.job, m.start, m.count, a.index, 0};
         if (mproc_queue_put(results, &d, sizeof d, MPROC_FOREVER) < 0)
             return 4;
@@ -274,6 +287,7 @@ struct job {
     job_t *next;                /* jobs with items not assigned yet, in order */
     job_t *all_prev, *all_next; /* every job of the pool */
     job_shared_t *s;
+    layout_t l; /* the parent's own copy of its sizes */
     uint64_t off;
     uint32_t count, chunk, next_item, ended;
     int kind;
@@ -298,6 +312,7 @@ typedef struct {
     range_t inflight[WINDOW];
     unsigned head, n;
     int stopping; /* told to stop: do not replace */
+    int worked;   /* reported, or started an item, since it started */
 } worker_t;
 
 struct mproc_pool {
@@ -414,6 +429,7 @@ static int start_worker(mproc_pool_t *pool, unsigned idx)
     }
     w->p = p;
     w->stopping = 0;
+    w->worked = 0;
     pool->started++;
     return 0;
 }
@@ -480,7 +496,7 @@ static void job_ended(mproc_pool_t *pool, job_t *j)
 
 static void item_end(mproc_pool_t *pool, job_t *j, uint32_t i, int rc, int status)
 {
-    item_t *it = &job_items(j->s)[i];
+    item_t *it = &job_items(&j->l)[i];
     it->rc = rc;
     it->status = status;
     it->len = 0;
@@ -513,25 +529,40 @@ static int next_range(mproc_pool_t *pool, range_t *r)
     return 0;
 }
 
+/* End every item of r with rc (no worker will run them). */
+static void range_end(mproc_pool_t *pool, range_t r, int rc)
+{
+    for (uint32_t i = r.start; i < r.start + r.count; i++)
+        item_end(pool, r.job, i, rc, 0);
+}
+
+/* Hand out ranges one per worker per pass, the least loaded first, so
+ * that work spreads evenly; each worker gets at most WINDOW ahead. */
 static void assign(mproc_pool_t *pool)
 {
-    for (unsigned k = 0; k < pool->nworkers; k++) {
-        worker_t *w = &pool->w[k];
-        while (w->p && !w->stopping && w->n < WINDOW) {
+    for (unsigned depth = 0; depth < WINDOW; depth++) {
+        int gave = 0;
+        for (unsigned k = 0; k < pool->nworkers; k++) {
+            worker_t *w = &pool->w[k];
+            if (!w->p || w->stopping || w->n > depth)
+                continue;
             range_t r;
             if (!next_range(pool, &r))
                 return;
             task_msg_t m = {r.job->off, r.start, r.count};
             if (mproc_queue_put(w->q, &m, sizeof m, 0) < 0) {
-                /* Cannot happen with WINDOW ranges in TASKQ_CAPACITY;
-                 * if it does, the range waits for another turn. */
+                /* Cannot happen with WINDOW ranges in TASKQ_CAPACITY; if
+                 * it does, the range waits for another turn. */
                 if (rq_push(pool, r) < 0)
-                    item_end(pool, r.job, r.start, -ENOMEM, 0);
-                break;
+                    range_end(pool, r, -ENOMEM);
+                continue;
             }
             w->inflight[(w->head + w->n) % WINDOW] = r;
             w->n++;
+            gave = 1;
         }
+        if (!gave && depth >= 1)
+            return;
     }
 }
 
@@ -548,6 +579,7 @@ static void on_done(mproc_pool_t *pool, const done_msg_t *d)
         return; /* not what was asked: the death path will sort it out */
     w->head = (w->head + 1) % WINDOW;
     w->n--;
+    w->worked = 1;
     pool->fresh_deaths = 0;
     r.job->ended += r.count;
     if (r.job->ended == r.job->count)
@@ -573,7 +605,6 @@ static void worker_exited(mproc_pool_t *pool, unsigned idx)
 {
     worker_t *w = &pool->w[idx];
     int code = 0;
-    unsigned before = pool->fresh_deaths;
     mproc_process_join(w->p, MPROC_FOREVER);
     mproc_process_exitcode(w->p, &code);
     epoll_ctl(pool->epfd, EPOLL_CTL_DEL, mproc_process_fd(w->p), NULL);
@@ -583,11 +614,12 @@ static void worker_exited(mproc_pool_t *pool, unsigned idx)
     for (; w->n; w->n--, w->head = (w->head + 1) % WINDOW) {
         range_t r = w->inflight[w->head];
         job_t *j = r.job;
-        item_t *items = job_items(j->s);
+        item_t *items = job_items(&j->l);
         uint32_t run_start = 0, run_n = 0; /* a run of items to hand out again */
         for (uint32_t i = r.start; i < r.start + r.count; i++) {
             uint32_t st = atomic_load(&items[i].state);
             int again = st == ITEM_NEW;
+            w->worked |= st != ITEM_NEW;
             if (st == ITEM_DONE) {
                 if (++j->ended == j->count)
                     job_ended(pool, j);
@@ -630,8 +662,8 @@ static void worker_exited(mproc_pool_t *pool, unsigned idx)
     /* A worker that dies before reporting anything, again and again (an
      * init that fails, a crash at start): stop replacing them, or the
      * pool would spin; the work fails instead (step()). */
-    if (pool->fresh_deaths == before && ++pool->fresh_deaths > 3 * pool->nworkers + 3) {
-        pool->broken = MPROC_EWORKER;
+    if (!w->worked && ++pool->fresh_deaths > 3 * pool->nworkers + 3) {
+        pool->broken = MPROC_EWORKER; /* until the next submission tries again */
         return;
     }
     int rc = start_worker(pool, idx);
@@ -648,12 +680,15 @@ static int live_workers(const mproc_pool_t *pool)
 }
 
 /* No worker can be started: every item not ended fails with why. */
-static void fail_all(mproc_pool_t *pool, int rc)
+static int fail_all(mproc_pool_t *pool, int rc)
 {
     range_t r;
-    while (next_range(pool, &r))
-        for (uint32_t i = r.start; i < r.start + r.count; i++)
-            item_end(pool, r.job, i, rc, 0);
+    int n = 0;
+    while (next_range(pool, &r)) {
+        range_end(pool, r, rc);
+        n++;
+    }
+    return n;
 }
 
 /*
@@ -673,23 +708,28 @@ static int step(mproc_pool_t *pool, int timeout_ms)
             worker_exited(pool, ev[i].data.u32 - 1);
             events++;
         }
-    if (!live_workers(pool) && !pool->terminated && !pool->draining) {
-        /* Replacements failed: try again, and fail the work if we cannot. */
-        for (unsigned k = 0; k < pool->nworkers && !pool->broken; k++)
-            if (!pool->w[k].p && !pool->w[k].stopping && start_worker(pool, k) < 0)
+    if (!pool->terminated && !pool->draining && !pool->broken) {
+        /* Slots whose replacement failed to start: try again. */
+        for (unsigned k = 0; k < pool->nworkers; k++) {
+            int rc = !pool->w[k].p && !pool->w[k].stopping ? start_worker(pool, k) : 0;
+            if (rc < 0) {
+                pool->start_error = rc;
                 break;
-        if (!live_workers(pool))
-            fail_all(pool, pool->broken        ? pool->broken
-                           : pool->start_error ? pool->start_error
-                                               : MPROC_EWORKER);
+            }
+        }
     }
+    if (!live_workers(pool) && !pool->terminated && !pool->draining)
+        /* Nobody can run the work: it fails now, rather than wait. */
+        events += fail_all(pool, pool->broken        ? pool->broken
+                                 : pool->start_error ? pool->start_error
+                                                     : MPROC_EWORKER);
     assign(pool);
     if (events || timeout_ms == 0)
         return events;
     n = epoll_wait(pool->epfd, ev, 1, timeout_ms);
     if (n < 0 && errno != EINTR)
         return -errno;
-    return 0;
+    return n > 0 ? step(pool, 0) : 0; /* handle what woke us */
 }
 
 /* Run step() until done(ctx) or the deadline: 0 or -ETIMEDOUT. */
@@ -723,6 +763,9 @@ static int job_new(mproc_pool_t *pool, mproc_task_fn fn, uint64_t count, uint64_
     int id = fn_id(pool, fn);
     if (id < 0)
         return id;
+    /* New work: a pool that gave up on starting workers tries again. */
+    pool->broken = 0;
+    pool->fresh_deaths = 0;
     job_t *j = calloc(1, sizeof *j);
     if (!j)
         return -ENOMEM;
@@ -751,6 +794,7 @@ static int job_new(mproc_pool_t *pool, mproc_task_fn fn, uint64_t count, uint64_
         return rc == -ENOMEM && mproc__remaining_ms(deadline) == 0 ? -ETIMEDOUT : rc;
     }
     j->s = mem;
+    j->l = (layout_t){mem, count, in_size, out_size};
     memset(mem, 0, items_off() + count * sizeof(item_t)); /* header, states */
     j->s->fn = (uint32_t)id;
     j->s->count = count;
@@ -791,7 +835,8 @@ int mproc_pool_create(mproc_pool_t **out, const mproc_pool_opts_t *opts)
     if (opts)
         o = *opts;
     if (o.workers < 0 || o.workers > WORKERS_MAX || (o.init_len && !o.init_arg) ||
-        o.init_len > MPROC_ARG_MAX / 2 || o.retries > 255 || o.max_result > UINT32_MAX)
+        o.init_len > MPROC_ARG_MAX / 2 || o.retries > 255 || o.max_result > UINT32_MAX ||
+        o.arena > ((size_t)1 << 40))
         return -EINVAL;
     if (!o.workers)
         o.workers = cpus();
@@ -895,8 +940,10 @@ int mproc_pool_map(mproc_pool_t *pool, mproc_task_fn fn, const void *in, size_t 
     uint64_t window = (pool->o.arena / 2) / (per ? per : 1);
     if (window > UINT32_MAX / 2)
         window = UINT32_MAX / 2;
-    if (window < chunk)
-        window = chunk;
+    if (window == 0)
+        window = 1;
+    if (chunk > window)
+        chunk = window; /* a chunk never outgrows the arena */
     int failed = 0;
     for (size_t at = 0; at < count;) {
         uint64_t n = count - at < window ? count - at : window;
@@ -905,7 +952,7 @@ int mproc_pool_map(mproc_pool_t *pool, mproc_task_fn fn, const void *in, size_t 
         if (rc < 0)
             return rc;
         if (in_size)
-            memcpy(job_in(j->s, 0), (const unsigned char *)in + at * in_size, n * in_size);
+            memcpy(job_in(&j->l, 0), (const unsigned char *)in + at * in_size, n * in_size);
         j->chunk = (uint32_t)chunk;
         j->kind = JOB_MAP;
         job_queue(pool, j);
@@ -923,17 +970,17 @@ int mproc_pool_map(mproc_pool_t *pool, mproc_task_fn fn, const void *in, size_t 
             return rc;
         }
         /* The usual case, every item full-length and fine, is one copy. */
-        item_t *items = job_items(j->s);
+        item_t *items = job_items(&j->l);
         int all_full = 1;
         for (uint64_t i = 0; i < n && all_full; i++)
             all_full = items[i].rc == 0 && items[i].len == out_size;
         if (all_full && out_size)
-            memcpy((unsigned char *)out + at * out_size, job_out(j->s, 0), n * out_size);
+            memcpy((unsigned char *)out + at * out_size, job_out(&j->l, 0), n * out_size);
         for (uint64_t i = 0; i < n && !all_full; i++) {
             if (out_size) {
                 unsigned char *dst = (unsigned char *)out + (at + i) * out_size;
                 size_t len = items[i].rc == 0 && items[i].len <= out_size ? items[i].len : 0;
-                memcpy(dst, job_out(j->s, i), len);
+                memcpy(dst, job_out(&j->l, i), len);
                 memset(dst + len, 0, out_size - len);
             }
             failed |= items[i].rc != 0;
@@ -968,7 +1015,7 @@ int mproc_pool_apply_async(mproc_pool_t *pool, mproc_task_fn fn, const void *arg
         return rc;
     }
     if (len)
-        memcpy(job_in(j->s, 0), arg, len);
+        memcpy(job_in(&j->l, 0), arg, len);
     j->kind = JOB_APPLY;
     j->task = t;
     t->pool = pool;
@@ -988,14 +1035,14 @@ static int task_ended(void *ctx)
 
 int mproc_task_wait(mproc_task_t *t, int timeout_ms)
 {
-    if (!t)
+    if (!t || !t->job)
         return -EINVAL;
     return pump_until(t->pool, task_ended, t, timeout_ms);
 }
 
 int mproc_task_ready(mproc_task_t *t)
 {
-    if (!t)
+    if (!t || !t->job)
         return -EINVAL;
     if (!t->ended)
         step(t->pool, 0);
@@ -1004,15 +1051,15 @@ int mproc_task_ready(mproc_task_t *t)
 
 int mproc_task_result(const mproc_task_t *t, const void **buf, size_t *len, mproc_task_status_t *st)
 {
-    if (!t)
+    if (!t || !t->job)
         return -EINVAL;
     if (!t->ended)
         return MPROC_ESTATE;
-    item_t *it = job_items(t->job->s);
+    item_t *it = job_items(&t->job->l);
     if (buf)
-        *buf = job_out(t->job->s, 0);
-    if (len)
-        *len = it->rc == 0 ? it->len : 0;
+        *buf = job_out(&t->job->l, 0);
+    if (len) /* what a worker wrote is not trusted past the room it had */
+        *len = it->rc == 0 && it->len <= t->job->l.out_size ? it->len : 0;
     if (st) {
         st->rc = it->rc;
         st->status = it->rc == MPROC_EWORKER ? it->status : 0;
@@ -1025,6 +1072,10 @@ int mproc_task_free(mproc_task_t *t)
     if (!t)
         return 0;
     job_t *j = t->job;
+    if (!j) { /* its pool was freed first */
+        free(t);
+        return 0;
+    }
     j->task = NULL;
     if (t->ended && !j->in_callback)
         job_free(t->pool, j);
@@ -1257,6 +1308,10 @@ int mproc_pool_terminate(mproc_pool_t *pool)
 {
     if (!pool)
         return -EINVAL;
+    if (!pool->w)
+        return 0;
+    if (!pool->terminated)
+        step(pool, 0); /* workers already dead: their tasks get their status */
     pool->terminated = 1;
     for (unsigned k = 0; k < pool->nworkers; k++) {
         worker_t *w = &pool->w[k];
@@ -1270,7 +1325,7 @@ int mproc_pool_terminate(mproc_pool_t *pool)
     range_t r;
     while (next_range(pool, &r))
         for (uint32_t i = r.start; i < r.start + r.count; i++)
-            if (atomic_load(&job_items(r.job->s)[i].state) != ITEM_DONE)
+            if (atomic_load(&job_items(&r.job->l)[i].state) != ITEM_DONE)
                 item_end(pool, r.job, i, -ECANCELED, 0);
     return 0;
 }

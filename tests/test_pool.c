@@ -525,9 +525,106 @@ static void test_init_refuses(void)
     TU_CHECK(tu_now_ms() - t0 < 5000);
     for (int i = 0; i < 4; i++)
         TU_CHECK_EQ_INT(st[i].rc, MPROC_EWORKER);
+    /* Again, without a timeout: it fails as fast, it does not wait. */
+    t0 = tu_now_ms();
+    TU_CHECK_EQ_INT(mproc_pool_map(p, inc_task, in, 8, out, 8, 4, 1, st, MPROC_FOREVER),
+                    MPROC_ETASK);
+    TU_CHECK(tu_now_ms() - t0 < 5000);
     TU_CHECK_OK(mproc_pool_terminate(p));
     TU_CHECK_OK(mproc_pool_join(p, TU_T_MS));
     mproc_pool_free(p);
+}
+
+/* Regressions from a review. */
+
+/* Ranges spread over every worker, not the first one's window first. */
+static void test_spread(void)
+{
+    mproc_pool_t *p = new_pool(4, MPROC_START_FORK, 0);
+    TU_REQUIRE(p);
+    who_t out[8];
+    char dummy[8];
+    TU_CHECK_OK(mproc_pool_map(p, who_task, dummy, 1, out, sizeof *out, 8, 1, NULL, TU_T_MS));
+    int pids = 0;
+    for (int i = 0; i < 8; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++)
+            seen |= out[j].pid == out[i].pid;
+        pids += !seen;
+    }
+    TU_CHECK_EQ_INT(pids, 4);
+    end_pool(p);
+}
+
+/* One worker, the first ten tasks each kill it: exactly those ten fail
+ * with -SIGKILL, the other ten succeed (no crash-loop false alarm). */
+static void test_many_deaths_one_worker(void)
+{
+    mproc_pool_t *p = new_pool(1, MPROC_START_FORK, 0);
+    TU_REQUIRE(p);
+    size_t n = 20;
+    item_t *it = items_new(n);
+    for (size_t i = 0; i < 10; i++)
+        it[i].act = ACT_KILL;
+    int64_t out[20];
+    mproc_task_status_t st[20];
+    TU_CHECK_EQ_INT(
+        mproc_pool_map(p, item_task, it, sizeof *it, out, sizeof *out, n, 1, st, TU_T_MS),
+        MPROC_ETASK);
+    for (size_t i = 0; i < n; i++) {
+        tu_context("item %zu", i);
+        if (i < 10) {
+            TU_CHECK_EQ_INT(st[i].rc, MPROC_EWORKER);
+            TU_CHECK_EQ_INT(st[i].status, -SIGKILL);
+        } else {
+            TU_CHECK_EQ_INT(st[i].rc, 0);
+            TU_CHECK_EQ_INT(out[i], it[i].v + 1);
+        }
+    }
+    tu_context(NULL);
+    free(it);
+    end_pool(p);
+}
+
+/* A map far larger than the arena, with a chunk larger than a window. */
+static void test_map_larger_than_arena(void)
+{
+    mproc_pool_opts_t o = {.workers = 2, .method = MPROC_START_FORK, .arena = 1 << 20};
+    mproc_pool_t *p = NULL;
+    TU_REQUIRE_OK(mproc_pool_create(&p, &o));
+    size_t n = 300000;
+    int64_t *in = malloc(n * sizeof *in), *out = malloc(n * sizeof *out);
+    TU_REQUIRE(in && out);
+    for (size_t i = 0; i < n; i++)
+        in[i] = (int64_t)i;
+    size_t chunks[] = {0, 200000};
+    for (int c = 0; c < 2; c++) {
+        TU_CHECK_OK(mproc_pool_map(p, inc_task, in, sizeof *in, out, sizeof *out, n, chunks[c],
+                                   NULL, TU_T_MS));
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++)
+            bad += out[i] != in[i] + 1;
+        TU_CHECK_EQ_INT(bad, 0);
+    }
+    free(in);
+    free(out);
+    end_pool(p);
+}
+
+/* A stream and a task outliving their pool can still be freed. */
+static void test_free_after_pool(void)
+{
+    mproc_pool_t *p = new_pool(1, MPROC_START_FORK, 0);
+    TU_REQUIRE(p);
+    mproc_imap_t *s = NULL;
+    mproc_task_t *t = NULL;
+    int64_t v = 1;
+    TU_REQUIRE_OK(mproc_pool_imap(p, inc_task, 0, &s));
+    TU_CHECK_OK(mproc_imap_put(s, &v, sizeof v, TU_T_MS));
+    TU_CHECK_OK(mproc_pool_apply_async(p, inc_task, &v, sizeof v, NULL, NULL, &t, TU_T_MS));
+    TU_CHECK_OK(mproc_pool_free(p));
+    TU_CHECK_OK(mproc_imap_free(s));
+    TU_CHECK_OK(mproc_task_free(t));
 }
 
 /* ------------------------------------------------------------------ async */
@@ -773,12 +870,22 @@ static void test_bad_input(void)
 /* ------------------------------------------------------------------ main */
 
 static const tu_case_t cases[] = {
-    TU_METHOD_CASES(map_in_order),   TU_CASE(test_task_errors),
-    TU_METHOD_CASES(deaths),         TU_CASE(test_kill_rounds),
-    TU_CASE(test_kill_from_outside), TU_METHOD_CASES(init_and_max_tasks),
-    TU_CASE(test_init_refuses),      TU_CASE(test_apply_async),
-    TU_METHOD_CASES(imap_stream),    TU_CASE(test_terminate),
-    TU_CASE(test_bad_input),         TU_END,
+    TU_METHOD_CASES(map_in_order),
+    TU_CASE(test_task_errors),
+    TU_METHOD_CASES(deaths),
+    TU_CASE(test_kill_rounds),
+    TU_CASE(test_kill_from_outside),
+    TU_METHOD_CASES(init_and_max_tasks),
+    TU_CASE(test_init_refuses),
+    TU_CASE(test_spread),
+    TU_CASE(test_many_deaths_one_worker),
+    TU_CASE(test_map_larger_than_arena),
+    TU_CASE(test_free_after_pool),
+    TU_CASE(test_apply_async),
+    TU_METHOD_CASES(imap_stream),
+    TU_CASE(test_terminate),
+    TU_CASE(test_bad_input),
+    TU_END,
 };
 
 int main(int argc, char **argv)
