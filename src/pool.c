@@ -335,7 +335,7 @@ struct mproc_pool {
     job_t *all;
     unsigned live_jobs;
     unsigned running_jobs; /* live jobs with items not ended */
-    unsigned fresh_deaths; /* workers in a row that died before any report */
+    unsigned fresh_deaths; /* workers in a row that died without running anything */
     int broken;            /* gave up replacing workers: why */
     int closed, terminated;
     int draining;    /* join told the workers to stop: no replacements */
