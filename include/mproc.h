@@ -1071,6 +1071,61 @@ int mproc_pool_free(mproc_pool_t *pool);
 unsigned mproc_pool_workers_started(const mproc_pool_t *pool);
 
 /* ------------------------------------------------------------------------ */
+/* Supervisor (docs/supervisor.md)                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A master that runs N copies of a command and keeps them running, as
+ * gunicorn's master and systemd do: what `mproc run` is. It binds the
+ * listening sockets once and hands them to every worker as fds 3.. with
+ * LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (systemd socket activation),
+ * gives each worker NOTIFY_SOCKET (sd_notify: READY=1, WATCHDOG=1, and
+ * MPROC_RECYCLE=1 to ask for a successor), MPROC_WORKER_ID (a slot number
+ * 0..N-1 its replacement reuses) and MPROC_WORKERS, and replaces workers
+ * that exit, per the restart policy, with exponential back-off between
+ * quick deaths of one slot. A worker that exits with
+ * MPROC_EXIT_NO_RESTART (3) is not restarted; its slot stays empty.
+ *
+ * Signals (blocked in the calling thread and read from a signalfd, so none
+ * is lost and no handler runs): TERM and INT stop gracefully (SIGTERM,
+ * then SIGKILL after the graceful timeout) and return 0; QUIT kills every
+ * worker at once and returns 0; HUP starts a new generation and stops the
+ * old one once the new one is up (ready, with opts.ready); TTIN and TTOU
+ * add and remove one worker. Workers die with the master (PDEATHSIG),
+ * however it dies. One line per event goes to stderr.
+ */
+typedef enum {
+    MPROC_RESTART_ALWAYS = 0,
+    MPROC_RESTART_ON_FAILURE, /* exit status other than 0, or a signal */
+    MPROC_RESTART_NEVER
+} mproc_restart_t;
+
+#define MPROC_EXIT_NO_RESTART 3
+
+typedef struct {
+    char *const *argv;        /* the worker command, NULL-terminated (execvp) */
+    int workers;              /* 0: the CPUs this process may use          */
+    const char *const *binds; /* "HOST:PORT", "[IPV6]:PORT", "unix:PATH"  */
+    size_t nbinds;
+    mproc_restart_t restart;
+    unsigned max_restarts;   /* more restarts than this ...               */
+    int restart_window_ms;   /* ... within this: give up (0, 0: 10 in 60 s) */
+    int graceful_timeout_ms; /* SIGTERM to SIGKILL (0: 30 s)              */
+    int timeout_ms;          /* kill a worker silent this long (0: never) */
+    int ready;               /* a worker is up only once it sent READY=1  */
+    const char *pidfile;     /* NULL: none                                 */
+} mproc_supervisor_opts_t;
+
+/*
+ * Run the master until it is stopped. Returns 0 after a stop by signal,
+ * 1 after a crash loop (more than max_restarts restarts within the
+ * window: every worker is stopped first), or a negative error when it
+ * could not start (a bad bind address: -EINVAL; one that is taken:
+ * -EADDRINUSE, ...).
+ */
+int mproc_supervise(const mproc_supervisor_opts_t *opts);
+
+/* ------------------------------------------------------------------------ */
 /* Resource tracker (docs/tracker.md)                                       */
 /* ------------------------------------------------------------------------ */
 

@@ -2,11 +2,13 @@
  * mproc.c - the mproc command-line tool.
  *
  * A thin shell over the library: each command is one library call and its
- * output. The supervisor command (run) arrives with supervisor.c.
+ * output (run: mproc_supervise, clean: mproc_clean).
  *
  * Exit status: 0 on success, 1 on failure, 2 on a usage error.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mproc.h"
@@ -16,6 +18,23 @@ static void usage(FILE *out)
     fputs("usage: mproc <command> [args...]\n"
           "\n"
           "commands:\n"
+          "  run [options] -- CMD [ARGS...]\n"
+          "             run N copies of CMD and keep them running (docs/supervisor.md):\n"
+          "               -w, --workers N          copies (default: the CPUs)\n"
+          "               --bind ADDR              listen on HOST:PORT, [IPV6]:PORT or\n"
+          "                                        unix:PATH; workers get fds 3.. with\n"
+          "                                        LISTEN_FDS (repeatable)\n"
+          "               --restart POLICY         always (default), on-failure, never\n"
+          "               --max-restarts N         more restarts than N within ...\n"
+          "               --restart-window SEC     ... SEC: stop everything, exit 1\n"
+          "                                        (default 10 in 60)\n"
+          "               --graceful-timeout SEC   SIGTERM to SIGKILL (default 30)\n"
+          "               --timeout SEC            kill a worker silent for SEC (no\n"
+          "                                        WATCHDOG=1 or READY=1; default 0: off)\n"
+          "               --ready                  a worker is up once it sent READY=1\n"
+          "               --pidfile PATH           write the master's pid there\n"
+          "             signals: TERM/INT stop gracefully, QUIT at once, HUP reloads,\n"
+          "             TTIN/TTOU add/remove a worker; a worker exiting 3 is not restarted\n"
           "  clean [--dry-run]\n"
           "             remove the shared memory segments (/dev/shm/mproc-*) that no\n"
           "             live process uses, left by a process tree killed wholesale;\n"
@@ -63,6 +82,106 @@ static int cmd_clean(int argc, char **argv)
     return 0;
 }
 
+/* Seconds (decimals allowed) to milliseconds; -1 if not a number >= 0. */
+static int seconds_ms(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || v < 0 || v > 86400.0 * 24)
+        return -1;
+    return (int)(v * 1000 + 0.5);
+}
+
+static int run_usage(const char *why, const char *arg)
+{
+    fprintf(stderr, "mproc run: %s%s%s\n", why, arg ? ": " : "", arg ? arg : "");
+    usage(stderr);
+    return 2;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+    mproc_supervisor_opts_t o = {0};
+    const char *binds[64];
+    size_t nbinds = 0;
+    int i = 2;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (strcmp(a, "--ready") == 0) {
+            o.ready = 1;
+            continue;
+        }
+        if (a[0] != '-')
+            break; /* the command, without "--" */
+        if (i + 1 >= argc)
+            return run_usage("missing value for", a);
+        const char *v = argv[++i];
+        char *end;
+        if (strcmp(a, "-w") == 0 || strcmp(a, "--workers") == 0) {
+            long n = strtol(v, &end, 10);
+            if (!*v || *end || n < 1 || n > 100000)
+                return run_usage("bad worker count", v);
+            o.workers = (int)n;
+        } else if (strcmp(a, "--bind") == 0) {
+            if (nbinds == sizeof binds / sizeof binds[0])
+                return run_usage("too many --bind", NULL);
+            binds[nbinds++] = v;
+        } else if (strcmp(a, "--restart") == 0) {
+            if (strcmp(v, "always") == 0)
+                o.restart = MPROC_RESTART_ALWAYS;
+            else if (strcmp(v, "on-failure") == 0)
+                o.restart = MPROC_RESTART_ON_FAILURE;
+            else if (strcmp(v, "never") == 0)
+                o.restart = MPROC_RESTART_NEVER;
+            else
+                return run_usage("bad restart policy", v);
+        } else if (strcmp(a, "--max-restarts") == 0) {
+            long n = strtol(v, &end, 10);
+            if (!*v || *end || n < 0 || n > 1000000)
+                return run_usage("bad --max-restarts", v);
+            o.max_restarts = (unsigned)n;
+        } else if (strcmp(a, "--restart-window") == 0) {
+            if ((o.restart_window_ms = seconds_ms(v)) <= 0)
+                return run_usage("bad --restart-window", v);
+        } else if (strcmp(a, "--graceful-timeout") == 0) {
+            if ((o.graceful_timeout_ms = seconds_ms(v)) < 0)
+                return run_usage("bad --graceful-timeout", v);
+            if (!o.graceful_timeout_ms)
+                o.graceful_timeout_ms = 1; /* 0 s: SIGKILL right after SIGTERM */
+        } else if (strcmp(a, "--timeout") == 0) {
+            if ((o.timeout_ms = seconds_ms(v)) < 0)
+                return run_usage("bad --timeout", v);
+        } else if (strcmp(a, "--pidfile") == 0) {
+            o.pidfile = v;
+        } else {
+            return run_usage("unknown option", a);
+        }
+    }
+    if (i >= argc)
+        return run_usage("no command to run", NULL);
+    if ((o.max_restarts != 0) != (o.restart_window_ms != 0)) {
+        /* One given: the other takes its default. */
+        if (!o.max_restarts)
+            o.max_restarts = 10;
+        if (!o.restart_window_ms)
+            o.restart_window_ms = 60000;
+    }
+    o.argv = argv + i;
+    o.binds = binds;
+    o.nbinds = nbinds;
+    int rc = mproc_supervise(&o);
+    if (rc < 0) {
+        fprintf(stderr, "mproc run: %s\n", mproc_strerror(rc));
+        return 1;
+    }
+    return rc;
+}
+
 static int is_any(const char *s, const char *a, const char *b, const char *c)
 {
     return strcmp(s, a) == 0 || (b && strcmp(s, b) == 0) || (c && strcmp(s, c) == 0);
@@ -92,6 +211,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "clean") == 0)
         return cmd_clean(argc, argv);
+    if (strcmp(cmd, "run") == 0)
+        return cmd_run(argc, argv);
     if (is_any(cmd, "help", "--help", "-h")) {
         usage(stdout);
         return flush_stdout();

@@ -1,0 +1,817 @@
+/*
+ * supervisor.c - the master behind `mproc run`: N workers kept running,
+ * sharing listening sockets, watched over pidfds and a notify socket.
+ *
+ * One loop. Every signal the master acts on is blocked and read from a
+ * signalfd, so nothing runs in a handler and nothing arrives between a
+ * fork and a handler's set-up (gunicorn#1910, #3198): the signals sit in
+ * the signalfd until the loop reads them. The loop waits (epoll) on that
+ * signalfd, the notify socket and every worker's process fd, with a
+ * timeout for the next timer (a restart after back-off, a SIGKILL after
+ * the graceful timeout, a watchdog).
+ *
+ * Slots and workers. A slot is a worker id 0..N-1; it has at most one
+ * current worker, plus old ones being retired (a reload, a recycle). A
+ * worker is a mproc child (fork, daemon: it dies with the master) that
+ * puts the listening sockets at fds 3.., sets the environment and execs
+ * the command.
+ *
+ * Notify socket. A datagram socket in a private 0700 directory; the
+ * kernel stamps each datagram with the sender's pid (SO_PASSCRED), and
+ * only a datagram from a current worker's pid is acted on.
+ */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BINDS_MAX 64
+#define QUICK_DEATH_MS 1000 /* a worker dead sooner counts toward back-off */
+#define BACKOFF_FIRST_MS 100
+#define BACKOFF_MAX_MS 10000
+
+typedef struct worker {
+    struct worker *next;
+    mproc_process_t *p;
+    pid_t pid;
+    int slot;
+    int64_t started, beat; /* ms: start, last READY/WATCHDOG   */
+    int64_t kill_at;       /* ms: SIGKILL then (0: not stopping) */
+    int ready;
+    int retiring;     /* stopping on purpose: no restart    */
+    int succeeded_by; /* a successor of this slot is coming up */
+} worker_t;
+
+typedef struct {
+    worker_t *current;
+    int64_t restart_at; /* ms, 0: none pending                 */
+    unsigned quick;     /* quick deaths in a row (back-off)     */
+    int empty;          /* exited MPROC_EXIT_NO_RESTART, or removed */
+} slot_t;
+
+typedef struct {
+    mproc_supervisor_opts_t o;
+    int nfds, fds[BINDS_MAX];
+    char *unix_paths[BINDS_MAX];
+    char notify_dir[64], notify_path[96];
+    int notify_fd, sig_fd, ep;
+    slot_t *slots;
+    int nslots, slots_cap;
+    worker_t *workers;
+    int64_t *restarts; /* times of recent restarts (a ring) */
+    unsigned nrestarts;
+    int stopping; /* 1 graceful, 2 at once */
+    int exit_code;
+    sigset_t blocked, old_mask;
+} sup_t;
+
+/* The worker being started (read by the fork child before it execs). */
+static sup_t *starting_sup;
+static int starting_slot;
+
+static int64_t now_ms(void)
+{
+    return mproc__now_ms();
+}
+
+static void say(const char *fmt, ...)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char line[512];
+    int n = snprintf(line, sizeof line,
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ mproc[%d]: ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, (int)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    if (n > 0 && (size_t)n < sizeof line)
+        n += vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof line - 1)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    mproc__write_full(2, line, (size_t)n);
+}
+
+static void status_text(int code, char *buf, size_t cap)
+{
+    if (code < 0)
+        snprintf(buf, cap, "killed by signal %d (%s)", -code, strsignal(-code));
+    else
+        snprintf(buf, cap, "exit status %d", code);
+}
+
+/* ---- listening sockets -------------------------------------------------------- */
+
+static int bind_one(sup_t *s, const char *spec)
+{
+    int fd;
+    if (strncmp(spec, "unix:", 5) == 0) {
+        const char *path = spec + 5;
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (!*path || strlen(path) >= sizeof sa.sun_path)
+            return -EINVAL;
+        strcpy(sa.sun_path, path);
+        struct stat st;
+        if (lstat(path, &st) == 0) {
+            if (!S_ISSOCK(st.st_mode))
+                return -EADDRINUSE; /* never remove what is not a socket */
+            unlink(path);           /* a stale socket of an earlier run */
+        }
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 1024) < 0) {
+            int e = -errno;
+            close(fd);
+            return e;
+        }
+        s->unix_paths[s->nfds] = strdup(path);
+        s->fds[s->nfds++] = fd;
+        return 0;
+    }
+    /* HOST:PORT or [IPV6]:PORT */
+    char host[256];
+    const char *port;
+    if (spec[0] == '[') {
+        const char *end = strchr(spec, ']');
+        if (!end || end[1] != ':' || (size_t)(end - spec - 1) >= sizeof host)
+            return -EINVAL;
+        memcpy(host, spec + 1, (size_t)(end - spec - 1));
+        host[end - spec - 1] = '\0';
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= sizeof host)
+            return -EINVAL;
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        port = colon + 1;
+    }
+    char *endp;
+    long p = strtol(port, &endp, 10);
+    if (!*port || *endp || p < 0 || p > 65535)
+        return -EINVAL;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    if (!*host || strcmp(host, "0.0.0.0") == 0 || inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)p);
+        len = sizeof *in4;
+    } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)p);
+        len = sizeof *in6;
+    } else {
+        return -EINVAL; /* names are not resolved: give an address */
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 1024) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    s->fds[s->nfds++] = fd;
+    return 0;
+}
+
+/* The address a socket got (the port the kernel chose for :0), as text. */
+static const char *bound_name(int fd, const char *spec)
+{
+    static char buf[128];
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN];
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return spec;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &in4->sin_addr, host, sizeof host);
+        snprintf(buf, sizeof buf, "%s:%d", host, ntohs(in4->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(buf, sizeof buf, "[%s]:%d", host, ntohs(in6->sin6_port));
+    } else {
+        return spec;
+    }
+    return buf;
+}
+
+/* ---- the notify socket ---------------------------------------------------------- */
+
+static int notify_open(sup_t *s)
+{
+    const char *base = "/tmp";
+    snprintf(s->notify_dir, sizeof s->notify_dir, "%s/mproc-run-XXXXXX", base);
+    if (!mkdtemp(s->notify_dir)) {
+        s->notify_dir[0] = '\0';
+        return -errno;
+    }
+    snprintf(s->notify_path, sizeof s->notify_path, "%s/notify", s->notify_dir);
+    s->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (s->notify_fd < 0)
+        return -errno;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, s->notify_path);
+    int one = 1;
+    if (setsockopt(s->notify_fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) < 0 ||
+        bind(s->notify_fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        return -errno;
+    /* Workers may run as another user (a command that drops privileges):
+     * the directory is private, the socket open to whoever can reach it. */
+    return 0;
+}
+
+static worker_t *worker_by_pid(sup_t *s, pid_t pid)
+{
+    for (worker_t *w = s->workers; w; w = w->next)
+        if (w->pid == pid)
+            return w;
+    return NULL;
+}
+
+static void retire(sup_t *s, worker_t *w, const char *why);
+
+static void on_notify(sup_t *s)
+{
+    for (;;) {
+        char buf[1024];
+        union {
+            char b[CMSG_SPACE(sizeof(struct ucred))];
+            struct cmsghdr align;
+        } ctl;
+        struct iovec iov = {buf, sizeof buf - 1};
+        struct msghdr mh = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+        ssize_t n = recvmsg(s->notify_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0)
+            return; /* EAGAIN: drained */
+        struct ucred cred = {0, 0, 0};
+        int have = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+                c->cmsg_len == CMSG_LEN(sizeof cred)) {
+                memcpy(&cred, CMSG_DATA(c), sizeof cred);
+                have = 1;
+            }
+        worker_t *w = have ? worker_by_pid(s, cred.pid) : NULL;
+        if (!w)
+            continue; /* not one of ours: ignored */
+        buf[n] = '\0';
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+            if (strcmp(line, "READY=1") == 0) {
+                w->beat = now_ms();
+                if (!w->ready) {
+                    w->ready = 1;
+                    say("worker %d pid %d ready", w->slot, (int)w->pid);
+                }
+                s->slots[w->slot].quick = 0;
+                /* Old workers of this slot waiting for it can go. */
+                for (worker_t *o = s->workers; o; o = o->next)
+                    if (o != w && o->slot == w->slot && o->succeeded_by && !o->kill_at)
+                        retire(s, o, "its successor is ready");
+            } else if (strcmp(line, "WATCHDOG=1") == 0) {
+                w->beat = now_ms();
+            } else if (strcmp(line, "MPROC_RECYCLE=1") == 0 && !w->succeeded_by &&
+                       s->slots[w->slot].current == w && !s->stopping) {
+                say("worker %d pid %d asks to be replaced", w->slot, (int)w->pid);
+                w->succeeded_by = 1;
+                s->slots[w->slot].current = NULL;
+                s->slots[w->slot].restart_at = now_ms(); /* at once */
+            }
+        }
+    }
+}
+
+/* ---- workers -------------------------------------------------------------------- */
+
+static void set_env_int(const char *name, long v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%ld", v);
+    setenv(name, buf, 1);
+}
+
+/* In the fork child: sockets to 3.., the environment, exec. Never returns
+ * on success; 127 if the command cannot be run. */
+static int worker_main(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    sup_t *s = starting_sup;
+    int n = s->nfds;
+    /* Move the sockets above every target number, then down to 3.. (a
+     * dup2 onto itself would keep close-on-exec: never do that). */
+    int tmp[BINDS_MAX];
+    for (int i = 0; i < n; i++) {
+        tmp[i] = fcntl(s->fds[i], F_DUPFD_CLOEXEC, 3 + n);
+        if (tmp[i] < 0)
+            _exit(127);
+    }
+    for (int i = 0; i < n; i++)
+        if (dup2(tmp[i], 3 + i) < 0) /* dup2 clears close-on-exec */
+            _exit(127);
+    char names[BINDS_MAX * 8] = ""; /* "bind0:bind1:..." */
+    size_t at = 0;
+    for (int i = 0; i < n && at < sizeof names; i++)
+        at += (size_t)snprintf(names + at, sizeof names - at, "%sbind%d", i ? ":" : "", i);
+    if (n) {
+        set_env_int("LISTEN_FDS", n);
+        set_env_int("LISTEN_PID", (long)getpid());
+        setenv("LISTEN_FDNAMES", names, 1);
+    } else {
+        unsetenv("LISTEN_FDS");
+        unsetenv("LISTEN_PID");
+        unsetenv("LISTEN_FDNAMES");
+    }
+    setenv("NOTIFY_SOCKET", s->notify_path, 1);
+    set_env_int("MPROC_WORKER_ID", starting_slot);
+    set_env_int("MPROC_WORKERS", s->nslots);
+    if (s->o.timeout_ms > 0) {
+        set_env_int("WATCHDOG_USEC", (long)s->o.timeout_ms * 1000);
+        set_env_int("WATCHDOG_PID", (long)getpid());
+    }
+    execvp(s->o.argv[0], s->o.argv);
+    char msg[256];
+    int k = snprintf(msg, sizeof msg, "mproc: cannot run %s: %s\n", s->o.argv[0], strerror(errno));
+    if (k > 0)
+        mproc__write_full(2, msg, (size_t)k < sizeof msg ? (size_t)k : sizeof msg - 1);
+    _exit(127);
+}
+
+static int start_worker(sup_t *s, int slot)
+{
+    starting_sup = s;
+    starting_slot = slot;
+    mproc_process_opts_t po = {.name = "mproc-worker", .method = MPROC_START_FORK, .daemon = 1};
+    mproc_process_t *p = NULL;
+    int rc = mproc_process_create(&p, worker_main, NULL, 0, &po);
+    if (rc == 0)
+        rc = mproc_process_start(p);
+    worker_t *w = rc == 0 ? calloc(1, sizeof *w) : NULL;
+    if (rc == 0 && !w)
+        rc = -ENOMEM;
+    if (rc == 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = w};
+        if (epoll_ctl(s->ep, EPOLL_CTL_ADD, mproc_process_fd(p), &ev) < 0)
+            rc = -errno;
+    }
+    if (rc < 0) {
+        if (p && mproc_process_pid(p)) {
+            mproc_process_kill(p);
+            mproc_process_join(p, MPROC_FOREVER);
+        }
+        mproc_process_free(p);
+        free(w);
+        say("worker %d could not be started: %s", slot, mproc_strerror(rc));
+        return rc;
+    }
+    w->p = p;
+    w->pid = mproc_process_pid(p);
+    w->slot = slot;
+    w->started = w->beat = now_ms();
+    w->next = s->workers;
+    s->workers = w;
+    s->slots[slot].current = w;
+    s->slots[slot].restart_at = 0;
+    say("worker %d pid %d started", slot, (int)w->pid);
+    /* Without --ready a successor counts as up once started: the worker
+     * it replaces (a recycle) goes now. */
+    if (!s->o.ready)
+        for (worker_t *o = s->workers; o; o = o->next)
+            if (o != w && o->slot == slot && o->succeeded_by && !o->kill_at)
+                retire(s, o, "its successor started");
+    return 0;
+}
+
+/* Stop w gracefully (SIGTERM, SIGKILL after the graceful timeout). */
+static void retire(sup_t *s, worker_t *w, const char *why)
+{
+    w->retiring = 1;
+    if (s->slots[w->slot].current == w)
+        s->slots[w->slot].current = NULL;
+    if (!w->kill_at) {
+        mproc_process_terminate(w->p);
+        w->kill_at = now_ms() + s->o.graceful_timeout_ms;
+        say("worker %d pid %d stopping (%s)", w->slot, (int)w->pid, why);
+    }
+}
+
+static void forget(sup_t *s, worker_t *w)
+{
+    for (worker_t **pp = &s->workers; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    epoll_ctl(s->ep, EPOLL_CTL_DEL, mproc_process_fd(w->p), NULL);
+    mproc_process_free(w->p);
+    free(w);
+}
+
+/* Crash-loop accounting: 1 if this restart is one too many. */
+static int too_many_restarts(sup_t *s)
+{
+    int64_t now = now_ms();
+    unsigned keep = 0;
+    for (unsigned i = 0; i < s->nrestarts; i++)
+        if (now - s->restarts[i] <= s->o.restart_window_ms)
+            s->restarts[keep++] = s->restarts[i];
+    s->nrestarts = keep;
+    if (s->nrestarts >= s->o.max_restarts)
+        return 1;
+    s->restarts[s->nrestarts++] = now;
+    return 0;
+}
+
+static void begin_stop(sup_t *s, int how, int code);
+
+static void on_worker_exit(sup_t *s, worker_t *w)
+{
+    int code = 0;
+    mproc_process_join(w->p, MPROC_FOREVER);
+    mproc_process_exitcode(w->p, &code);
+    char st[64];
+    status_text(code, st, sizeof st);
+    int slot = w->slot, pid = (int)w->pid;
+    slot_t *sl = &s->slots[slot];
+    int was_current = sl->current == w;
+    int lived = (int)(now_ms() - w->started);
+    int retiring = w->retiring;
+    if (was_current)
+        sl->current = NULL;
+    forget(s, w);
+    if (retiring || s->stopping) {
+        say("worker %d pid %d exited, %s", slot, pid, st);
+        return;
+    }
+    if (!was_current)
+        return;
+    if (code == MPROC_EXIT_NO_RESTART) {
+        sl->empty = 1;
+        say("worker %d pid %d exited with status %d: not restarted, the slot stays empty", slot,
+            pid, MPROC_EXIT_NO_RESTART);
+        return;
+    }
+    int restart = s->o.restart == MPROC_RESTART_ALWAYS ||
+                  (s->o.restart == MPROC_RESTART_ON_FAILURE && code != 0);
+    if (!restart) {
+        sl->empty = 1;
+        say("worker %d pid %d exited, %s: not restarted (--restart %s)", slot, pid, st,
+            s->o.restart == MPROC_RESTART_NEVER ? "never" : "on-failure");
+        return;
+    }
+    if (too_many_restarts(s)) {
+        say("crash loop: more than %u restarts within %d s: stopping everything", s->o.max_restarts,
+            s->o.restart_window_ms / 1000);
+        begin_stop(s, 1, 1);
+        return;
+    }
+    /* Back-off: a slot whose workers keep dying young waits longer each
+     * time; the first restart is immediate. */
+    int delay = 0;
+    if (lived < QUICK_DEATH_MS && sl->quick++ > 0) {
+        delay = BACKOFF_FIRST_MS << (sl->quick - 2 < 10 ? sl->quick - 2 : 10);
+        if (delay > BACKOFF_MAX_MS)
+            delay = BACKOFF_MAX_MS;
+    } else if (lived >= QUICK_DEATH_MS) {
+        sl->quick = 0;
+    }
+    say("worker %d pid %d exited, %s: restarting%s", slot, pid, st, delay ? " after back-off" : "");
+    sl->restart_at = now_ms() + delay;
+    if (!sl->restart_at)
+        sl->restart_at = 1;
+}
+
+/* ---- stopping, reloading, resizing --------------------------------------------- */
+
+static void begin_stop(sup_t *s, int how, int code)
+{
+    if (s->stopping >= how)
+        return;
+    s->stopping = how;
+    s->exit_code = code;
+    for (int i = 0; i < s->nslots; i++)
+        s->slots[i].restart_at = 0;
+    for (worker_t *w = s->workers; w; w = w->next) {
+        if (how == 2) {
+            mproc_process_kill(w->p);
+            w->kill_at = 1; /* killed: wait for its exit */
+        } else if (!w->kill_at) {
+            mproc_process_terminate(w->p);
+            w->kill_at = now_ms() + s->o.graceful_timeout_ms;
+        }
+        w->retiring = 1;
+    }
+}
+
+static void reload(sup_t *s)
+{
+    say("reload: starting a new generation of %d workers", s->nslots);
+    for (int i = 0; i < s->nslots; i++) {
+        slot_t *sl = &s->slots[i];
+        if (sl->empty)
+            continue;
+        worker_t *old = sl->current;
+        if (old)
+            old->succeeded_by = 1;
+        sl->current = NULL;
+        if (start_worker(s, i) < 0) {
+            if (old) {
+                old->succeeded_by = 0;
+                sl->current = old; /* keep the old one rather than nothing */
+            }
+            continue;
+        }
+    }
+}
+
+static int grow(sup_t *s)
+{
+    if (s->nslots == s->slots_cap) {
+        int cap = s->slots_cap * 2;
+        slot_t *n = realloc(s->slots, (size_t)cap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        memset(n + s->slots_cap, 0, (size_t)(cap - s->slots_cap) * sizeof *n);
+        s->slots = n;
+        s->slots_cap = cap;
+    }
+    int slot = s->nslots++;
+    memset(&s->slots[slot], 0, sizeof s->slots[slot]);
+    say("adding worker %d (now %d)", slot, s->nslots);
+    return start_worker(s, slot);
+}
+
+static void shrink(sup_t *s)
+{
+    if (s->nslots <= 1)
+        return;
+    int slot = --s->nslots;
+    say("removing worker %d (now %d)", slot, s->nslots);
+    for (worker_t *w = s->workers; w; w = w->next)
+        if (w->slot == slot)
+            retire(s, w, "TTOU");
+    s->slots[slot].restart_at = 0;
+}
+
+static void on_signals(sup_t *s)
+{
+    struct signalfd_siginfo si;
+    while (read(s->sig_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        switch (si.ssi_signo) {
+        case SIGTERM:
+        case SIGINT:
+            say("%s: stopping gracefully", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+            begin_stop(s, 1, 0);
+            break;
+        case SIGQUIT:
+            say("SIGQUIT: stopping now");
+            begin_stop(s, 2, 0);
+            break;
+        case SIGHUP:
+            if (!s->stopping)
+                reload(s);
+            break;
+        case SIGTTIN:
+            if (!s->stopping)
+                grow(s);
+            break;
+        case SIGTTOU:
+            if (!s->stopping)
+                shrink(s);
+            break;
+        default:
+            break; /* SIGCHLD: the pidfds tell */
+        }
+    }
+}
+
+/* ---- the loop ------------------------------------------------------------------- */
+
+static int64_t next_timer(sup_t *s)
+{
+    int64_t t = -1;
+    for (int i = 0; i < s->nslots; i++)
+        if (s->slots[i].restart_at && (t < 0 || s->slots[i].restart_at < t))
+            t = s->slots[i].restart_at;
+    for (worker_t *w = s->workers; w; w = w->next) {
+        if (w->kill_at > 1 && (t < 0 || w->kill_at < t))
+            t = w->kill_at;
+        if (s->o.timeout_ms > 0 && !w->kill_at) {
+            int64_t due = w->beat + s->o.timeout_ms;
+            if (t < 0 || due < t)
+                t = due;
+        }
+    }
+    return t;
+}
+
+static void on_timers(sup_t *s)
+{
+    int64_t now = now_ms();
+    for (worker_t *w = s->workers; w; w = w->next) {
+        if (w->kill_at && w->kill_at <= now && w->kill_at > 1) {
+            say("worker %d pid %d still running after the graceful timeout: SIGKILL", w->slot,
+                (int)w->pid);
+            mproc_process_kill(w->p);
+            w->kill_at = 1; /* killed: wait for its exit */
+        } else if (s->o.timeout_ms > 0 && !w->kill_at && now - w->beat > s->o.timeout_ms) {
+            say("worker %d pid %d silent for %d ms (--timeout): SIGKILL", w->slot, (int)w->pid,
+                s->o.timeout_ms);
+            mproc_process_kill(w->p);
+            w->kill_at = 1; /* its exit restarts the slot, as any death */
+            w->retiring = 0;
+        }
+    }
+    for (int i = 0; i < s->nslots; i++) {
+        slot_t *sl = &s->slots[i];
+        if (sl->restart_at && sl->restart_at <= now && !s->stopping) {
+            sl->restart_at = 0;
+            if (start_worker(s, i) < 0)
+                sl->restart_at = now + BACKOFF_MAX_MS;
+        }
+    }
+}
+
+static void cleanup(sup_t *s)
+{
+    for (int i = 0; i < s->nfds; i++) {
+        close(s->fds[i]);
+        if (s->unix_paths[i]) {
+            unlink(s->unix_paths[i]);
+            free(s->unix_paths[i]);
+        }
+    }
+    if (s->notify_fd >= 0)
+        close(s->notify_fd);
+    if (s->notify_path[0])
+        unlink(s->notify_path);
+    if (s->notify_dir[0])
+        rmdir(s->notify_dir);
+    if (s->sig_fd >= 0)
+        close(s->sig_fd);
+    if (s->ep >= 0)
+        close(s->ep);
+    if (s->o.pidfile)
+        unlink(s->o.pidfile);
+    while (s->workers) { /* only on a setup failure */
+        worker_t *w = s->workers;
+        mproc_process_kill(w->p);
+        mproc_process_join(w->p, MPROC_FOREVER);
+        forget(s, w);
+    }
+    free(s->slots);
+    free(s->restarts);
+    pthread_sigmask(SIG_SETMASK, &s->old_mask, NULL);
+}
+
+static int write_pidfile(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    int rc = mproc__write_full(fd, buf, (size_t)n);
+    close(fd);
+    return rc;
+}
+
+int mproc_supervise(const mproc_supervisor_opts_t *opts)
+{
+    if (!opts || !opts->argv || !opts->argv[0] || opts->workers < 0 || opts->nbinds > BINDS_MAX ||
+        (opts->nbinds && !opts->binds) || (unsigned)opts->restart > MPROC_RESTART_NEVER ||
+        opts->graceful_timeout_ms < 0 || opts->timeout_ms < 0 || opts->restart_window_ms < 0)
+        return -EINVAL;
+    sup_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->o = *opts;
+    s->notify_fd = s->sig_fd = s->ep = -1;
+    if (!s->o.workers) {
+        cpu_set_t set;
+        s->o.workers = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    }
+    if (!s->o.graceful_timeout_ms)
+        s->o.graceful_timeout_ms = 30000;
+    if (!s->o.max_restarts && !s->o.restart_window_ms) {
+        s->o.max_restarts = 10;
+        s->o.restart_window_ms = 60000;
+    }
+    sigemptyset(&s->blocked);
+    int sigs[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGCHLD};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaddset(&s->blocked, sigs[i]);
+    /* Blocked before anything else: a signal sent from now on waits in
+     * the signalfd, whatever the loop is doing. */
+    pthread_sigmask(SIG_BLOCK, &s->blocked, &s->old_mask);
+
+    int rc = 0;
+    s->slots_cap = s->o.workers > 4 ? s->o.workers : 4;
+    s->slots = calloc((size_t)s->slots_cap, sizeof *s->slots);
+    s->restarts = calloc(s->o.max_restarts + 1, sizeof *s->restarts);
+    if (!s->slots || !s->restarts)
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < opts->nbinds; i++) {
+        rc = bind_one(s, opts->binds[i]);
+        if (rc < 0)
+            say("cannot listen on %s: %s", opts->binds[i], mproc_strerror(rc));
+        else
+            say("listening on %s (fd %d in workers)",
+                bound_name(s->fds[s->nfds - 1], opts->binds[i]), 3 + (int)i);
+    }
+    if (rc == 0)
+        rc = notify_open(s);
+    if (rc == 0 && (s->sig_fd = signalfd(-1, &s->blocked, SFD_CLOEXEC | SFD_NONBLOCK)) < 0)
+        rc = -errno;
+    if (rc == 0 && (s->ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        rc = -errno;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &s->sig_fd};
+    if (rc == 0 && epoll_ctl(s->ep, EPOLL_CTL_ADD, s->sig_fd, &ev) < 0)
+        rc = -errno;
+    ev.data.ptr = &s->notify_fd;
+    if (rc == 0 && epoll_ctl(s->ep, EPOLL_CTL_ADD, s->notify_fd, &ev) < 0)
+        rc = -errno;
+    if (rc == 0 && s->o.pidfile && (rc = write_pidfile(s->o.pidfile)) < 0)
+        say("cannot write the pidfile %s: %s", s->o.pidfile, mproc_strerror(rc));
+    if (rc < 0) {
+        cleanup(s);
+        free(s);
+        return rc;
+    }
+    s->nslots = s->o.workers;
+    say("master pid %d: %d workers of %s", (int)getpid(), s->nslots, s->o.argv[0]);
+    for (int i = 0; i < s->nslots; i++)
+        if (start_worker(s, i) < 0)
+            s->slots[i].restart_at = now_ms() + BACKOFF_FIRST_MS;
+
+    while (!(s->stopping && !s->workers)) {
+        int64_t t = next_timer(s);
+        int wait = t < 0 ? -1 : (int)(t - now_ms() > 0 ? t - now_ms() : 0);
+        struct epoll_event evs[32];
+        int n = epoll_wait(s->ep, evs, 32, wait);
+        if (n < 0 && errno != EINTR) {
+            say("epoll_wait: %s", strerror(errno));
+            begin_stop(s, 2, 1);
+            continue;
+        }
+        worker_t *exited[32];
+        int nexited = 0;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == &s->sig_fd)
+                on_signals(s);
+            else if (evs[i].data.ptr == &s->notify_fd)
+                on_notify(s);
+            else
+                exited[nexited++] = evs[i].data.ptr; /* a worker's process fd */
+        }
+        /* After the signals and notes: a worker is freed here, and only here. */
+        for (int i = 0; i < nexited; i++)
+            if (mproc_process_is_alive(exited[i]->p) == 0)
+                on_worker_exit(s, exited[i]);
+        on_timers(s);
+        int live = 0;
+        for (int i = 0; i < s->nslots; i++)
+            live += !s->slots[i].empty;
+        if (!s->stopping && !s->workers && !live) {
+            say("no worker left to run: stopping");
+            begin_stop(s, 1, 0);
+        }
+    }
+    int code = s->exit_code;
+    say("master exits with status %d", code);
+    cleanup(s);
+    free(s);
+    return code;
+}

@@ -1,0 +1,468 @@
+/*
+ * test_supervisor.c - `mproc run` as a real master over real workers
+ * (tests/sup_worker.c): restarts into the same slot, the LISTEN_FDS
+ * contract, TERM then KILL, crash loops, restart policies, exit status 3,
+ * the watchdog, outsiders on the notify socket, TTIN/TTOU, a HUP reload
+ * with --ready, and a master SIGKILLed leaving no worker behind.
+ *
+ * Workers report on a FIFO the test polls; the master's stderr comes back
+ * on a pipe. Every wait is bounded.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "mproc.h"
+#include "testutil.h"
+
+#ifndef MPROC_CLI
+#error "MPROC_CLI: path of the mproc tool"
+#endif
+#ifndef SUP_WORKER
+#error "SUP_WORKER: path of tests/sup_worker"
+#endif
+
+typedef struct {
+    pid_t pid;
+    int pidfd;
+    int err;  /* master's stderr (read end) */
+    int fifo; /* worker reports (held O_RDWR: never EOF) */
+    char dir[64], fifo_path[96];
+    char log[16384]; /* everything the master said */
+    size_t loglen;
+    char rbuf[4096]; /* report bytes not yet a line */
+    size_t rlen;
+} master_t;
+
+typedef struct {
+    int id, pid, listen_fds, pid_ok, listening, cloexec, workers;
+    char names[64], notify[128];
+} report_t;
+
+typedef struct {
+    const char *const *argv;
+} exec_arg_t;
+
+static int exec_master(void *arg)
+{
+    const exec_arg_t *a = arg;
+    execv(MPROC_CLI, (char *const *)a->argv);
+    return 126;
+}
+
+/* Start `mproc run OPTS... -- sup_worker FIFO MODE`. */
+static int master_start(master_t *m, const char *const *opts, const char *mode)
+{
+    memset(m, 0, sizeof *m);
+    m->pidfd = m->err = m->fifo = -1;
+    snprintf(m->dir, sizeof m->dir, "/tmp/mproc-sup-test-XXXXXX");
+    if (!mkdtemp(m->dir))
+        return -errno;
+    snprintf(m->fifo_path, sizeof m->fifo_path, "%s/reports", m->dir);
+    if (mkfifo(m->fifo_path, 0600) < 0)
+        return -errno;
+    m->fifo = open(m->fifo_path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    int ep[2];
+    if (m->fifo < 0 || pipe2(ep, O_CLOEXEC) < 0)
+        return -errno;
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = "mproc";
+    argv[n++] = "run";
+    for (int i = 0; opts[i]; i++)
+        argv[n++] = opts[i];
+    argv[n++] = "--";
+    argv[n++] = SUP_WORKER;
+    argv[n++] = m->fifo_path;
+    argv[n++] = mode;
+    argv[n] = NULL;
+    exec_arg_t a = {argv};
+    /* The child's stderr is the pipe: set it up around the fork. */
+    int saved = dup(2);
+    dup2(ep[1], 2);
+    m->pid = tu_fork(exec_master, &a, &m->pidfd);
+    dup2(saved, 2);
+    close(saved);
+    close(ep[1]);
+    m->err = ep[0];
+    fcntl(m->err, F_SETFL, O_NONBLOCK);
+    return m->pid > 0 ? 0 : (int)m->pid;
+}
+
+static void drain_log(master_t *m)
+{
+    for (;;) {
+        ssize_t k = read(m->err, m->log + m->loglen, sizeof m->log - 1 - m->loglen);
+        if (k <= 0)
+            break;
+        m->loglen += (size_t)k;
+    }
+    m->log[m->loglen] = '\0';
+}
+
+/* Wait up to timeout_ms for the master's log to contain text. */
+static int log_has(master_t *m, const char *text, int timeout_ms)
+{
+    int64_t end = tu_now_ms() + timeout_ms;
+    for (;;) {
+        drain_log(m);
+        if (strstr(m->log, text))
+            return 1;
+        int left = (int)(end - tu_now_ms());
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {m->err, POLLIN, 0};
+        poll(&p, 1, left);
+        if (p.revents & POLLHUP) {
+            drain_log(m);
+            return strstr(m->log, text) != NULL;
+        }
+    }
+}
+
+/* The next worker report within timeout_ms: 1, or 0 on timeout. */
+static int next_report(master_t *m, report_t *r, int timeout_ms)
+{
+    int64_t end = tu_now_ms() + timeout_ms;
+    for (;;) {
+        char *nl = memchr(m->rbuf, '\n', m->rlen);
+        if (nl) {
+            *nl = '\0';
+            memset(r, 0, sizeof *r);
+            char id[16];
+            int ok = sscanf(m->rbuf, "start %15s %d %d %d %d %d %63s %127s %d", id, &r->pid,
+                            &r->listen_fds, &r->pid_ok, &r->listening, &r->cloexec, r->names,
+                            r->notify, &r->workers) == 9;
+            r->id = atoi(id);
+            size_t used = (size_t)(nl - m->rbuf) + 1;
+            memmove(m->rbuf, m->rbuf + used, m->rlen - used);
+            m->rlen -= used;
+            if (ok)
+                return 1;
+            continue;
+        }
+        ssize_t k = read(m->fifo, m->rbuf + m->rlen, sizeof m->rbuf - m->rlen);
+        if (k > 0) {
+            m->rlen += (size_t)k;
+            continue;
+        }
+        int left = (int)(end - tu_now_ms());
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {m->fifo, POLLIN, 0};
+        poll(&p, 1, left);
+    }
+}
+
+/* Wait for the master to exit: its exit code, or TU_NO_CODE. */
+static int master_wait(master_t *m, int timeout_ms)
+{
+    int status = TU_NO_CODE;
+    if (tu_wait_child(m->pid, m->pidfd, timeout_ms, &status) < 0)
+        return TU_NO_CODE;
+    m->pidfd = -1;
+    m->pid = 0;
+    drain_log(m);
+    return status;
+}
+
+static void master_end(master_t *m)
+{
+    if (m->pid > 0) {
+        kill(m->pid, SIGTERM);
+        if (master_wait(m, TU_T_MS) == TU_NO_CODE && m->pid > 0)
+            tu_kill_child(m->pid, m->pidfd);
+    }
+    tu_close(&m->err);
+    tu_close(&m->fifo);
+    unlink(m->fifo_path);
+    rmdir(m->dir);
+}
+
+/* 1 once pid has exited (a worker: through a pidfd). A worker orphaned
+ * by its master's death comes back to this process (a subreaper): it is
+ * reaped here. */
+static int gone_within(pid_t pid, int timeout_ms)
+{
+    int fd = tu_pidfd_open(pid);
+    if (fd < 0)
+        return fd == -ESRCH;
+    int r = tu_wait_readable(fd, timeout_ms);
+    close(fd);
+    int status;
+    if (r == 1)
+        tu_try_reap(pid, &status);
+    return r == 1;
+}
+
+/* ------------------------------------------------------------------ cases */
+
+static void test_restart_same_slot_and_listen_fds(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "2", "--bind", "127.0.0.1:0", "--graceful-timeout", "2", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "wait"));
+    report_t r[2], again;
+    TU_REQUIRE(next_report(&m, &r[0], TU_T_MS) && next_report(&m, &r[1], TU_T_MS));
+    TU_CHECK(r[0].id != r[1].id && r[0].id >= 0 && r[0].id <= 1 && r[1].id >= 0 && r[1].id <= 1);
+    for (int i = 0; i < 2; i++) {
+        /* systemd's contract: fds from 3, the count, our own pid, names */
+        TU_CHECK_EQ_INT(r[i].listen_fds, 1);
+        TU_CHECK_EQ_INT(r[i].pid_ok, 1);
+        TU_CHECK_EQ_INT(r[i].listening, 1);
+        TU_CHECK_EQ_INT(r[i].cloexec, 0);
+        TU_CHECK_EQ_STR(r[i].names, "bind0");
+        TU_CHECK_EQ_INT(r[i].workers, 2);
+        TU_CHECK(strcmp(r[i].notify, "-") != 0);
+    }
+    /* Kill worker 0: its replacement comes back as worker 0. */
+    int victim = r[0].id == 0 ? 0 : 1;
+    TU_CHECK_OK(kill(r[victim].pid, SIGKILL));
+    TU_REQUIRE(next_report(&m, &again, TU_T_MS));
+    TU_CHECK_EQ_INT(again.id, 0);
+    TU_CHECK(again.pid != r[victim].pid);
+    TU_CHECK(log_has(&m, "killed by signal 9", TU_T_MS));
+    /* TERM: graceful stop, exit 0, no worker left. */
+    TU_CHECK_OK(kill(m.pid, SIGTERM));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 0);
+    TU_CHECK(gone_within(again.pid, TU_T_MS));
+    TU_CHECK(gone_within(r[1 - victim].pid, TU_T_MS));
+    master_end(&m);
+}
+
+static void test_term_then_kill(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "1", "--graceful-timeout", "0.3", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "ignore-term"));
+    report_t r;
+    TU_REQUIRE(next_report(&m, &r, TU_T_MS));
+    int64_t t0 = tu_now_ms();
+    TU_CHECK_OK(kill(m.pid, SIGTERM));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 0);
+    int64_t dt = tu_now_ms() - t0;
+    TU_CHECK(dt >= 250 && dt < 3000); /* bounded by the graceful timeout */
+    TU_CHECK(strstr(m.log, "graceful timeout: SIGKILL") != NULL);
+    TU_CHECK(gone_within(r.pid, TU_T_MS));
+    master_end(&m);
+}
+
+static void test_crash_loop(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "2", "--max-restarts", "3", "--restart-window", "10", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "fail"));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 1);
+    TU_CHECK(strstr(m.log, "crash loop") != NULL);
+    master_end(&m);
+}
+
+static void test_restart_policies(void)
+{
+    /* never: two workers exit 0, nobody restarts them, the master ends. */
+    master_t m;
+    const char *never[] = {"-w", "2", "--restart", "never", NULL};
+    TU_REQUIRE_OK(master_start(&m, never, "fail"));
+    report_t r;
+    TU_CHECK(next_report(&m, &r, TU_T_MS) && next_report(&m, &r, TU_T_MS));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 0);
+    TU_CHECK(!next_report(&m, &r, 0));
+    TU_CHECK(strstr(m.log, "not restarted (--restart never)") != NULL);
+    master_end(&m);
+
+    /* on-failure: a clean exit is not restarted... */
+    const char *onf[] = {"-w", "1", "--restart", "on-failure", NULL};
+    TU_REQUIRE_OK(master_start(&m, onf, "ok"));
+    TU_CHECK(next_report(&m, &r, TU_T_MS));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 0);
+    TU_CHECK(!next_report(&m, &r, 0));
+    master_end(&m);
+    /* ... a failure is. */
+    const char *onf2[] = {
+        "-w", "1", "--restart", "on-failure", "--max-restarts", "2", "--restart-window",
+        "10", NULL};
+    TU_REQUIRE_OK(master_start(&m, onf2, "fail"));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 1);
+    int starts = 0;
+    while (next_report(&m, &r, 0))
+        starts++;
+    TU_CHECK_EQ_INT(starts, 3); /* the first run and two restarts */
+    master_end(&m);
+}
+
+static void test_exit3_not_restarted(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "2", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "exit3"));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 0);
+    TU_CHECK(strstr(m.log, "exited with status 3: not restarted") != NULL);
+    report_t r;
+    int starts = 0;
+    while (next_report(&m, &r, 0))
+        starts++;
+    TU_CHECK_EQ_INT(starts, 2);
+    master_end(&m);
+}
+
+static void test_master_killed(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "2", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "ignore-term"));
+    report_t r[2];
+    TU_REQUIRE(next_report(&m, &r[0], TU_T_MS) && next_report(&m, &r[1], TU_T_MS));
+    TU_CHECK_OK(kill(m.pid, SIGKILL));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), -SIGKILL);
+    /* Even workers that ignore SIGTERM die with their master. */
+    TU_CHECK(gone_within(r[0].pid, TU_T_MS));
+    TU_CHECK(gone_within(r[1].pid, TU_T_MS));
+    master_end(&m);
+}
+
+/* Send msg to the notify socket from this process (not a worker). */
+static void send_notify(const char *path, const char *msg)
+{
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        TU_CHECK(!"notify path too long");
+        close(fd);
+        return;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    TU_CHECK(sendto(fd, msg, strlen(msg), 0, (struct sockaddr *)&sa, sizeof sa) ==
+             (ssize_t)strlen(msg));
+    close(fd);
+}
+
+/* --timeout: a silent worker is killed and replaced, even while an
+ * outsider sends WATCHDOG=1 for it; a worker that beats is left alone. */
+static void test_watchdog_and_outsiders(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "1", "--timeout", "0.4", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "silent"));
+    report_t r, again;
+    TU_REQUIRE(next_report(&m, &r, TU_T_MS));
+    int64_t t0 = tu_now_ms();
+    /* Keep-alives from a process that is not the worker: ignored. */
+    for (int i = 0; i < 10; i++)
+        send_notify(r.notify, "WATCHDOG=1\nMPROC_RECYCLE=1");
+    TU_REQUIRE(next_report(&m, &again, TU_T_MS));
+    int64_t dt = tu_now_ms() - t0;
+    TU_CHECK_EQ_INT(again.id, 0);
+    TU_CHECK(dt >= 300 && dt < 3000);
+    TU_CHECK(log_has(&m, "(--timeout): SIGKILL", TU_T_MS));
+    TU_CHECK(gone_within(r.pid, TU_T_MS));
+    master_end(&m);
+
+    TU_REQUIRE_OK(master_start(&m, opts, "beat"));
+    TU_REQUIRE(next_report(&m, &r, TU_T_MS));
+    TU_CHECK(log_has(&m, "ready", TU_T_MS));
+    /* Three timeouts long: it must still be the same worker. */
+    TU_CHECK(!next_report(&m, &again, 1200));
+    TU_CHECK(strstr(m.log, "--timeout") == NULL);
+    master_end(&m);
+}
+
+static void test_ttin_ttou(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "1", "--graceful-timeout", "2", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "wait"));
+    report_t r, added;
+    TU_REQUIRE(next_report(&m, &r, TU_T_MS));
+    TU_CHECK_OK(kill(m.pid, SIGTTIN));
+    TU_REQUIRE(next_report(&m, &added, TU_T_MS));
+    TU_CHECK_EQ_INT(added.id, 1);
+    TU_CHECK_EQ_INT(added.workers, 2);
+    TU_CHECK_OK(kill(m.pid, SIGTTOU));
+    TU_CHECK(log_has(&m, "removing worker 1", TU_T_MS));
+    TU_CHECK(gone_within(added.pid, TU_T_MS));
+    TU_CHECK(!gone_within(r.pid, 0));
+    master_end(&m);
+}
+
+/* HUP with --ready: the new generation is up before the old one stops. */
+static void test_reload_ready(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "2", "--ready", "--graceful-timeout", "2", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "ready"));
+    report_t old[2], neu[2];
+    TU_REQUIRE(next_report(&m, &old[0], TU_T_MS) && next_report(&m, &old[1], TU_T_MS));
+    TU_CHECK_OK(kill(m.pid, SIGHUP));
+    TU_REQUIRE(next_report(&m, &neu[0], TU_T_MS) && next_report(&m, &neu[1], TU_T_MS));
+    TU_CHECK(gone_within(old[0].pid, TU_T_MS) && gone_within(old[1].pid, TU_T_MS));
+    drain_log(&m);
+    /* Each old worker was told to stop only after its successor was ready. */
+    for (int i = 0; i < 2; i++) {
+        char ready[64], stop[64];
+        snprintf(ready, sizeof ready, "pid %d ready", neu[i].pid);
+        int oldpid = old[0].id == neu[i].id ? old[0].pid : old[1].pid;
+        snprintf(stop, sizeof stop, "pid %d stopping (its successor is ready)", oldpid);
+        const char *a = strstr(m.log, ready), *b = strstr(m.log, stop);
+        TU_CHECK(a && b && a < b);
+    }
+    master_end(&m);
+}
+
+static void test_bad_usage(void)
+{
+    const char *bad[][7] = {
+        {"mproc", "run", NULL},
+        {"mproc", "run", "-w", "zero", "--", "true"},
+        {"mproc", "run", "--restart", "sometimes", "--", "true"},
+        {"mproc", "run", "--bogus", "1", "--", "true"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        exec_arg_t a = {bad[i]};
+        int status = TU_NO_CODE;
+        int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        int saved = dup(2);
+        dup2(devnull, 2);
+        int rc = tu_run_child(exec_master, &a, TU_T_MS, &status);
+        dup2(saved, 2);
+        close(saved);
+        close(devnull);
+        TU_CHECK_OK(rc);
+        TU_CHECK_EQ_INT(status, 2);
+    }
+    /* A bind that cannot work: a clear failure, exit 1. */
+    master_t m;
+    const char *opts[] = {"-w", "1", "--bind", "999.1.1.1:80", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "wait"));
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 1);
+    TU_CHECK(strstr(m.log, "cannot listen on 999.1.1.1:80") != NULL);
+    master_end(&m);
+}
+
+static const tu_case_t cases[] = {
+    TU_CASE(test_restart_same_slot_and_listen_fds),
+    TU_CASE(test_term_then_kill),
+    TU_CASE(test_crash_loop),
+    TU_CASE(test_restart_policies),
+    TU_CASE(test_exit3_not_restarted),
+    TU_CASE(test_master_killed),
+    TU_CASE(test_watchdog_and_outsiders),
+    TU_CASE(test_ttin_ttou),
+    TU_CASE(test_reload_ready),
+    TU_CASE(test_bad_usage),
+    TU_END,
+};
+
+int main(int argc, char **argv)
+{
+    mproc_init(&argc, &argv);
+    return tu_main(argc, argv, cases);
+}
