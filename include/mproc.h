@@ -471,6 +471,16 @@ size_t mproc_shm_size(const mproc_shm_t *shm);
 /* The segment's fd (for mproc_process_pass_fd and the like). */
 int mproc_shm_fd(const mproc_shm_t *shm);
 
+/*
+ * Keep a named segment this process created after it exits: the resource
+ * tracker forgets it and will not unlink it (for state prepared by one
+ * command and used by processes started later). Removing it is then the
+ * caller's business: mproc_shm_unlink from any process that opens it; or
+ * `mproc clean`, which removes every unused mproc segment, kept ones too.
+ * -EINVAL for an anonymous segment.
+ */
+int mproc_shm_keep(mproc_shm_t *shm);
+
 /* Remove the name: mappings stay valid, new opens fail. -ENOENT if already
  * gone, -EINVAL for an anonymous segment. */
 int mproc_shm_unlink(mproc_shm_t *shm);

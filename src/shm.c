@@ -550,6 +550,15 @@ int mproc_shm_fd(const mproc_shm_t *shm)
     return shm ? shm->fd : -EINVAL;
 }
 
+int mproc_shm_keep(mproc_shm_t *shm)
+{
+    if (!shm || !shm->name)
+        return -EINVAL;
+    char file[MPROC_NAME_MAX + 16];
+    file_name(file, sizeof file, shm->name);
+    return mproc__tracker_unregister(file, shm->dev, shm->ino);
+}
+
 int mproc_shm_unlink(mproc_shm_t *shm)
 {
     if (!shm || !shm->name)

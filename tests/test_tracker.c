@@ -89,7 +89,7 @@ static char proc_state(pid_t pid)
 
 /* ------------------------------------------------------------------ creators */
 
-enum { MODE_BLOCK = 0, MODE_UNLINK = 1 };
+enum { MODE_BLOCK = 0, MODE_UNLINK = 1, MODE_KEEP = 2 };
 
 typedef struct {
     int report_w;
@@ -136,6 +136,8 @@ static int entry_creator(const void *arg, size_t len)
         if (mproc_array_create(s, "v", MPROC_INT32, 1, (void **)&v) == 0)
             *v = 4242;
     }
+    if (rep.rc == 0 && a.mode == MODE_KEEP)
+        rep.rc = mproc_shm_keep(s);
     mproc_shm_t *w = NULL;
     if (rep.rc == 0 && a.witness) {
         rep.rc = mproc_shm_create_named(&w, 4096, NULL);
@@ -441,6 +443,31 @@ static void test_kept_while_parent_uses_it(void)
 /* (2) A creator that unlinks its segment itself: nothing left, exit 0; and
  * the tracker does not touch this process's own segment of the same name
  * made afterwards. */
+/* mproc_shm_keep: the creator dies, its death is processed (the witness
+ * goes), the kept segment stays; unlinking it is ours. */
+static void test_keep(void)
+{
+    TU_FOR_EACH_METHOD(m) {
+        creator_t c;
+        if (creator_start_w(&c, m, MODE_KEEP, NULL, 1) != 0)
+            continue;
+        creator_kill(&c);
+        TU_CHECK(wait_gone(c.rep.wname, GONE_MS));
+        creator_await_tracker(&c);
+        TU_CHECK(seg_exists(c.rep.name));
+        mproc_shm_t *s = NULL;
+        TU_CHECK_OK(mproc_shm_open(&s, c.rep.name));
+        TU_CHECK_OK(mproc_shm_unlink(s));
+        mproc_shm_close(s);
+        creator_cleanup(&c);
+    }
+    mproc_shm_t *anon = NULL;
+    TU_REQUIRE_OK(mproc_shm_create(&anon, 4096));
+    TU_CHECK_EQ_INT(mproc_shm_keep(anon), -EINVAL);
+    TU_CHECK_EQ_INT(mproc_shm_keep(NULL), -EINVAL);
+    mproc_shm_close(anon);
+}
+
 static void test_creator_unlinks(void)
 {
     TU_FOR_EACH_METHOD(m) {
@@ -1112,6 +1139,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_unlinked_after_sigkill_many),
     TU_CASE(test_kept_while_parent_uses_it),
     TU_CASE(test_creator_unlinks),
+    TU_CASE(test_keep),
     TU_CASE(test_ignores_signals),
     TU_CASE(test_ignores_signals_at_start),
     TU_CASE(test_unrelated_user_keeps_it),
