@@ -892,19 +892,17 @@ static int serve(server_t *s, int lfd, int64_t watchdog_ms)
     for (;;) {
         now = now_ms();
         if (stop_requested && !s->stopping) {
-            /* Graceful stop: no new connections; connections with nothing
-             * received close now, the others get their answers (with
-             * "Connection: close") until GRACE_MS. */
+            /* Graceful stop: no new connections. Every open connection
+             * gets the answer to its next request, with "Connection:
+             * close", and then closes; one with no request by GRACE_MS is
+             * closed then. Closing an idle keep-alive connection at once
+             * would race a client already sending on it (it would see a
+             * reset): under a reload that is a failed request. */
             s->stopping = 1;
             stop_deadline = now + GRACE_MS;
             close_fd(lfd);
             lfd = -1;
             notify_send(&s->notify, "STOPPING=1");
-            for (size_t i = 0; i < s->nconns; i++) {
-                conn_t *c = s->conns[i];
-                if (c->in_len == 0 && c->out_len == 0)
-                    conn_close(c);
-            }
         }
         if (s->stopping && (s->nconns == 0 || now >= stop_deadline))
             break;
