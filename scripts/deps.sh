@@ -15,6 +15,7 @@ packages=(
     redis-server       # the P1 tests (a connection shared across fork)
     libhiredis-dev
     clang-format
+    wrk                # the reload-under-load test of `mproc run`
     g++          # bench/bench_boost_mq.cpp only (a comparison, not a dependency)
     libboost-dev # its header-only Boost.Interprocess
 )
