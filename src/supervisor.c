@@ -341,6 +341,12 @@ static int worker_main(const void *arg, size_t len)
     for (int i = 0; i < n; i++)
         if (dup2(tmp[i], 3 + i) < 0) /* dup2 clears close-on-exec */
             _exit(127);
+    /* A worker starts with stdio and its sockets, nothing the master
+     * inherited from whoever started it (as systemd does). */
+    int keep[BINDS_MAX];
+    for (int i = 0; i < n; i++)
+        keep[i] = 3 + i;
+    mproc__close_fds_except(keep, (size_t)n);
     char names[BINDS_MAX * 8] = ""; /* "bind0:bind1:..." */
     size_t at = 0;
     for (int i = 0; i < n && at < sizeof names; i++)

@@ -6,13 +6,15 @@
  *   sup_worker FIFO MODE
  *
  * Report line (one write, atomic on a FIFO): "start ID PID LISTEN_FDS
- * LISTEN_PID_OK FD3_LISTENING FD3_CLOEXEC FDNAMES NOTIFY_SOCKET WORKERS".
+ * LISTEN_PID_OK FD3_LISTENING FD3_CLOEXEC FDNAMES NOTIFY_SOCKET WORKERS
+ * NFDS" (NFDS: fds open when it started).
  * Modes: wait (until SIGTERM, exit 0), ignore-term (SIGTERM ignored),
  * fail (exit 1 at once), ok (exit 0 at once), exit3, ready (send READY=1,
  * then wait), silent (never notify, wait), beat (READY=1, then WATCHDOG=1
  * every 50 ms).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -57,15 +59,22 @@ int main(int argc, char **argv)
     int fl = fcntl(3, F_GETFD);
     if (fl >= 0)
         cloexec = (fl & FD_CLOEXEC) != 0;
+    /* fds open at start (the directory's own not counted) */
+    int nfd = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d && (e = readdir(d));)
+        nfd += e->d_name[0] != '.' && atoi(e->d_name) != dirfd(d);
+    if (d)
+        closedir(d);
     const char *lp = getenv("LISTEN_PID");
     int pid_ok = lp && atoi(lp) == (int)getpid();
     char line[512];
-    int n = snprintf(line, sizeof line, "start %s %d %s %d %d %d %s %s %s\n",
+    int n = snprintf(line, sizeof line, "start %s %d %s %d %d %d %s %s %s %d\n",
                      getenv("MPROC_WORKER_ID") ? getenv("MPROC_WORKER_ID") : "-1", (int)getpid(),
                      getenv("LISTEN_FDS") ? getenv("LISTEN_FDS") : "0", pid_ok, listening, cloexec,
                      getenv("LISTEN_FDNAMES") ? getenv("LISTEN_FDNAMES") : "-",
                      getenv("NOTIFY_SOCKET") ? getenv("NOTIFY_SOCKET") : "-",
-                     getenv("MPROC_WORKERS") ? getenv("MPROC_WORKERS") : "0");
+                     getenv("MPROC_WORKERS") ? getenv("MPROC_WORKERS") : "0", nfd);
     int fifo = open(argv[1], O_WRONLY | O_CLOEXEC);
     if (fifo < 0 || write(fifo, line, (size_t)n) != n)
         return 2;

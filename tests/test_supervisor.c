@@ -44,7 +44,7 @@ typedef struct {
 } master_t;
 
 typedef struct {
-    int id, pid, listen_fds, pid_ok, listening, cloexec, workers;
+    int id, pid, listen_fds, pid_ok, listening, cloexec, workers, nfds;
     char names[64], notify[128];
 } report_t;
 
@@ -139,9 +139,9 @@ static int next_report(master_t *m, report_t *r, int timeout_ms)
             *nl = '\0';
             memset(r, 0, sizeof *r);
             char id[16];
-            int ok = sscanf(m->rbuf, "start %15s %d %d %d %d %d %63s %127s %d", id, &r->pid,
+            int ok = sscanf(m->rbuf, "start %15s %d %d %d %d %d %63s %127s %d %d", id, &r->pid,
                             &r->listen_fds, &r->pid_ok, &r->listening, &r->cloexec, r->names,
-                            r->notify, &r->workers) == 9;
+                            r->notify, &r->workers, &r->nfds) == 10;
             r->id = atoi(id);
             size_t used = (size_t)(nl - m->rbuf) + 1;
             memmove(m->rbuf, m->rbuf + used, m->rlen - used);
@@ -210,7 +210,10 @@ static void test_restart_same_slot_and_listen_fds(void)
 {
     master_t m;
     const char *opts[] = {"-w", "2", "--bind", "127.0.0.1:0", "--graceful-timeout", "2", NULL};
+    /* An fd the master inherits (not close-on-exec) must not reach workers. */
+    int stray = open("/dev/null", O_RDONLY);
     TU_REQUIRE_OK(master_start(&m, opts, "wait"));
+    close(stray);
     report_t r[2], again;
     TU_REQUIRE(next_report(&m, &r[0], TU_T_MS) && next_report(&m, &r[1], TU_T_MS));
     TU_CHECK(r[0].id != r[1].id && r[0].id >= 0 && r[0].id <= 1 && r[1].id >= 0 && r[1].id <= 1);
@@ -222,6 +225,7 @@ static void test_restart_same_slot_and_listen_fds(void)
         TU_CHECK_EQ_INT(r[i].cloexec, 0);
         TU_CHECK_EQ_STR(r[i].names, "bind0");
         TU_CHECK_EQ_INT(r[i].workers, 2);
+        TU_CHECK_EQ_INT(r[i].nfds, 4); /* stdio and the socket, nothing else */
         TU_CHECK(strcmp(r[i].notify, "-") != 0);
     }
     /* Kill worker 0: its replacement comes back as worker 0. */
