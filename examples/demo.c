@@ -1,8 +1,9 @@
 /*
  * demo.c - what `make demo` runs: mproc's start methods and the fork
  * pitfalls it removes (P2, P3, P4, P7, P8, P9, P11, P13), each shown in a
- * few lines of output, and a queue that outlives a consumer killed inside
- * a get.
+ * few lines of output, a queue that outlives a consumer killed inside a
+ * get, and `mproc run` serving examples/http_prefork.c (a worker killed and
+ * replaced, a reload, a graceful stop).
  *
  * Every child reports back through a pipe handed over with
  * mproc_process_pass_fd, and the parent checks what it reads: the demo exits
@@ -10,18 +11,23 @@
  * with a timeout, kill on timeout), so it always finishes by itself.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <mproc.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -889,6 +895,204 @@ static void step_queue(void)
     mproc_queue_close(q);
 }
 
+/* ---- step 9: mproc run serving the prefork HTTP example --------------------- */
+
+static int64_t now_ms_demo(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct {
+    pid_t pid;
+    int log_fd;      /* the master's stderr (read end) */
+    char log[32768]; /* what it said so far */
+    size_t len;
+} run_t;
+
+/* A program next to this one, or under ../tools: its path in buf. */
+static int sibling(char *buf, size_t cap, const char *rel)
+{
+    char self[512];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return -1;
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (!slash)
+        return -1;
+    *slash = '\0';
+    snprintf(buf, cap, "%s/%s", self, rel);
+    return access(buf, X_OK);
+}
+
+/* Read what the master said, waiting up to ms for text to appear `count`
+ * times; 1 if it did. */
+static int run_wait_for(run_t *r, const char *text, int count, int ms)
+{
+    int64_t end = now_ms_demo() + ms;
+    for (;;) {
+        int seen = 0;
+        for (const char *p = r->log; (p = strstr(p, text)); p++)
+            seen++;
+        if (seen >= count)
+            return 1;
+        int left = (int)(end - now_ms_demo());
+        if (left <= 0 || r->len >= sizeof r->log - 1)
+            return 0;
+        struct pollfd p = {.fd = r->log_fd, .events = POLLIN};
+        if (poll(&p, 1, left) <= 0)
+            continue;
+        ssize_t k = read(r->log_fd, r->log + r->len, sizeof r->log - 1 - r->len);
+        if (k <= 0)
+            return 0;
+        r->len += (size_t)k;
+        r->log[r->len] = '\0';
+    }
+}
+
+/* One GET / on a new connection: the body in buf (empty on failure). */
+static void http_get(int port, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    const char req[] = "GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n";
+    char resp[2048];
+    size_t got = 0;
+    if (write(fd, req, sizeof req - 1) == (ssize_t)sizeof req - 1) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        while (got < sizeof resp - 1 && poll(&p, 1, REPORT_MS) == 1) {
+            ssize_t k = read(fd, resp + got, sizeof resp - 1 - got);
+            if (k <= 0)
+                break;
+            got += (size_t)k;
+        }
+    }
+    close(fd);
+    resp[got] = '\0';
+    const char *body = strstr(resp, "\r\n\r\n");
+    if (strncmp(resp, "HTTP/1.1 200", 12) == 0 && body)
+        snprintf(buf, cap, "%s", body + 4);
+    size_t l = strlen(buf);
+    if (l && buf[l - 1] == '\n')
+        buf[l - 1] = '\0';
+}
+
+static int body_worker(const char *body, int *pid)
+{
+    int w = -1;
+    *pid = 0;
+    if (sscanf(body, "hello from worker %d pid %d", &w, pid) != 2)
+        return -1;
+    return w;
+}
+
+static void step_run(void)
+{
+    printf("\n9. `mproc run -w 4 --bind 127.0.0.1:0 --ready` serving examples/http_prefork.c:\n"
+           "   shared listening socket (LISTEN_FDS), READY=1 over NOTIFY_SOCKET, a request\n"
+           "   counter shared by the workers under an mproc lock.\n");
+    fflush(stdout);
+    char cli[600], http[600], ctr[64];
+    if (sibling(cli, sizeof cli, "../tools/mproc") < 0 ||
+        sibling(http, sizeof http, "http_prefork") < 0) {
+        printf("   mproc or http_prefork not built next to the demo\n");
+        g_failures++;
+        return;
+    }
+    snprintf(ctr, sizeof ctr, "demo-counter-%d", (int)getpid());
+    char *mk[] = {http, "--make-counter", ctr, NULL};
+    pid_t mkpid;
+    int st = -1;
+    if (posix_spawn(&mkpid, http, NULL, NULL, mk, environ) != 0 || waitpid(mkpid, &st, 0) < 0 ||
+        st != 0) {
+        printf("   could not make the counter segment\n");
+        g_failures++;
+        return;
+    }
+    run_t r = {0};
+    int ep[2];
+    if (pipe2(ep, O_CLOEXEC) < 0) {
+        g_failures++;
+        return;
+    }
+    r.log_fd = ep[0];
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, ep[1], 2);
+    char env_ctr[128];
+    snprintf(env_ctr, sizeof env_ctr, "HTTP_COUNTER_SHM=%s", ctr);
+    char *env[] = {env_ctr, "PATH=/usr/bin:/bin", NULL};
+    char *argv[] = {cli, "run", "-w", "4", "--bind", "127.0.0.1:0", "--ready", "--graceful-timeout",
+                    "5", "--",  http, NULL};
+    int rc = posix_spawn(&r.pid, cli, &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(ep[1]);
+    int port = 0;
+    if (rc == 0 && run_wait_for(&r, " ready\n", 4, REPORT_MS)) {
+        const char *l = strstr(r.log, "listening on 127.0.0.1:");
+        if (l)
+            port = atoi(l + strlen("listening on 127.0.0.1:"));
+    }
+    expect(port > 0, "the master bound a port and 4 workers sent READY=1");
+    if (port > 0) {
+        /* Connections go to whichever worker accepts first: ask until two
+         * different workers have answered (bounded). */
+        int seen[4] = {0}, distinct = 0, some_pid = 0, asked = 0;
+        char body[256];
+        while (asked < 400 && (asked < 12 || distinct < 2)) {
+            http_get(port, body, sizeof body);
+            int pid, w = body_worker(body, &pid);
+            if (asked++ < 3)
+                printf("   GET / -> \"%s\"\n", body);
+            if (w >= 0 && w < 4 && !seen[w]++) {
+                distinct++;
+                some_pid = pid;
+            }
+        }
+        printf("   %d requests answered by %d different workers\n", asked, distinct);
+        expect(distinct >= 2, "requests were answered by different workers");
+
+        /* A worker SIGKILLed: replaced at once, in the same slot. */
+        int64_t t0 = now_ms_demo();
+        kill(some_pid, SIGKILL);
+        int back = run_wait_for(&r, " ready\n", 5, REPORT_MS);
+        printf("   worker pid %d SIGKILLed: its replacement was ready %lld ms later\n", some_pid,
+               (long long)(now_ms_demo() - t0));
+        http_get(port, body, sizeof body);
+        expect(back && body[0], "the killed worker was replaced and requests go on");
+
+        /* HUP: a new generation, ready before the old one stops. */
+        kill(r.pid, SIGHUP);
+        int reloaded = run_wait_for(&r, "stopping (its successor is ready)", 4, REPORT_MS);
+        http_get(port, body, sizeof body);
+        printf("   HUP: 4 new workers ready, then the 4 old ones stopped; GET / -> \"%s\"\n", body);
+        expect(reloaded && body[0], "the reload replaced every worker without a gap");
+    }
+    /* Graceful stop. */
+    if (rc == 0) {
+        kill(r.pid, SIGTERM);
+        int stopped = run_wait_for(&r, "master exits with status 0", 1, 10000);
+        st = -1;
+        waitpid(r.pid, &st, 0);
+        printf("   TERM: workers stopped gracefully, master exit status %d\n",
+               WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        expect(stopped && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the master stopped cleanly");
+    }
+    close(r.log_fd);
+    char *rm[] = {http, "--remove-counter", ctr, NULL};
+    if (posix_spawn(&mkpid, http, NULL, NULL, rm, environ) == 0)
+        waitpid(mkpid, &st, 0);
+}
+
 static void on_alarm(int sig)
 {
     (void)sig;
@@ -950,6 +1154,7 @@ int main(int argc, char **argv)
     step_robust_lock();
     step_tracker();
     step_queue();
+    step_run();
 
     mproc_forkserver_stop();
     mproc_tracker_stop(JOIN_MS);
