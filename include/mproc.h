@@ -1113,7 +1113,22 @@ typedef enum {
 #define MPROC_EXIT_NO_RESTART 3
 
 typedef struct {
-    char *const *argv;        /* the worker command, NULL-terminated (execvp) */
+    /* What a worker runs: a command (argv, exec'd after fork), or, in the
+     * library's prefork mode, worker() called in the forked child with no
+     * exec. Exactly one of the two. */
+    char *const *argv; /* the worker command, NULL-terminated (execvp) */
+    /* Prefork mode: preload runs once in the master, after the sockets are
+     * bound and before any worker starts (load the application, make the
+     * shared memory and locks workers will share: they inherit it); a
+     * non-zero return stops everything. worker_init (may be NULL) runs in
+     * each worker first, a non-zero return being its exit status; worker
+     * then runs with the listening sockets (also at fds 3.., with the same
+     * environment as a command gets), and what it returns is the worker's
+     * exit status. Workers call mproc_notify for READY=1 and WATCHDOG=1. */
+    int (*preload)(void *ctx);
+    int (*worker_init)(void *ctx, int worker_id);
+    int (*worker)(void *ctx, int worker_id, const int *fds, int nfds);
+    void *ctx;
     int workers;              /* 0: the CPUs this process may use          */
     const char *const *binds; /* "HOST:PORT", "[IPV6]:PORT", "unix:PATH"  */
     size_t nbinds;
@@ -1134,6 +1149,14 @@ typedef struct {
  * -EADDRINUSE, ...).
  */
 int mproc_supervise(const mproc_supervisor_opts_t *opts);
+
+/*
+ * sd_notify for workers of a supervisor (or of systemd): send state (e.g.
+ * "READY=1", "WATCHDOG=1", "MPROC_RECYCLE=1") to $NOTIFY_SOCKET. 0 when
+ * sent, 0 as well when there is no NOTIFY_SOCKET (not supervised), or a
+ * negative error.
+ */
+int mproc_notify(const char *state);
 
 /* ------------------------------------------------------------------------ */
 /* Resource tracker (docs/tracker.md)                                       */

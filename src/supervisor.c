@@ -31,6 +31,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,12 +342,19 @@ static int worker_main(const void *arg, size_t len)
     for (int i = 0; i < n; i++)
         if (dup2(tmp[i], 3 + i) < 0) /* dup2 clears close-on-exec */
             _exit(127);
-    /* A worker starts with stdio and its sockets, nothing the master
-     * inherited from whoever started it (as systemd does). */
     int keep[BINDS_MAX];
     for (int i = 0; i < n; i++)
         keep[i] = 3 + i;
-    mproc__close_fds_except(keep, (size_t)n);
+    if (s->o.worker) {
+        /* Prefork: keep what the preload opened; drop the master's own. */
+        close(s->ep);
+        close(s->sig_fd);
+        close(s->notify_fd);
+    } else {
+        /* A command starts with stdio and its sockets, nothing the master
+         * inherited from whoever started it (as systemd does). */
+        mproc__close_fds_except(keep, (size_t)n);
+    }
     char names[BINDS_MAX * 8] = ""; /* "bind0:bind1:..." */
     size_t at = 0;
     for (int i = 0; i < n && at < sizeof names; i++)
@@ -366,6 +374,13 @@ static int worker_main(const void *arg, size_t len)
     if (s->o.timeout_ms > 0) {
         set_env_int("WATCHDOG_USEC", (long)s->o.timeout_ms * 1000);
         set_env_int("WATCHDOG_PID", (long)getpid());
+    }
+    if (s->o.worker) {
+        /* Prefork mode: no exec; what the preload made is inherited. */
+        int rc = s->o.worker_init ? s->o.worker_init(s->o.ctx, starting_slot) : 0;
+        if (rc != 0)
+            return rc;
+        return s->o.worker(s->o.ctx, starting_slot, keep, n);
     }
     execvp(s->o.argv[0], s->o.argv);
     char msg[256];
@@ -714,11 +729,39 @@ static int write_pidfile(const char *path)
     return rc;
 }
 
+int mproc_notify(const char *state)
+{
+    if (!state)
+        return -EINVAL;
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path)
+        return 0;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if (len >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    memcpy(sa.sun_path, path, len);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0'; /* systemd's spelling of an abstract address */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    ssize_t n;
+    do
+        n = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+                   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len));
+    while (n < 0 && errno == EINTR);
+    int rc = n < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
 int mproc_supervise(const mproc_supervisor_opts_t *opts)
 {
-    if (!opts || !opts->argv || !opts->argv[0] || opts->workers < 0 || opts->nbinds > BINDS_MAX ||
-        (opts->nbinds && !opts->binds) || (unsigned)opts->restart > MPROC_RESTART_NEVER ||
-        opts->graceful_timeout_ms < 0 || opts->timeout_ms < 0 || opts->restart_window_ms < 0)
+    if (!opts || (opts->worker != NULL) == (opts->argv != NULL) || (opts->argv && !opts->argv[0]) ||
+        opts->workers < 0 || opts->nbinds > BINDS_MAX || (opts->nbinds && !opts->binds) ||
+        (unsigned)opts->restart > MPROC_RESTART_NEVER || opts->graceful_timeout_ms < 0 ||
+        opts->timeout_ms < 0 || opts->restart_window_ms < 0)
         return -EINVAL;
     sup_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -776,8 +819,15 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         free(s);
         return rc;
     }
+    if (s->o.preload && (rc = s->o.preload(s->o.ctx)) != 0) {
+        say("preload failed (%d): not starting", rc);
+        cleanup(s);
+        free(s);
+        return 1;
+    }
     s->nslots = s->o.workers;
-    say("master pid %d: %d workers of %s", (int)getpid(), s->nslots, s->o.argv[0]);
+    say("master pid %d: %d workers of %s", (int)getpid(), s->nslots,
+        s->o.argv ? s->o.argv[0] : "a function (prefork)");
     for (int i = 0; i < s->nslots; i++)
         if (start_worker(s, i) < 0)
             s->slots[i].restart_at = now_ms() + BACKOFF_FIRST_MS;

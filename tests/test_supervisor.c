@@ -451,6 +451,103 @@ static void test_bad_usage(void)
     master_end(&m);
 }
 
+/* ------------------------------------------------------------------ prefork */
+
+/* The library's prefork mode: the preload makes a segment with a lock and
+ * a counter before any worker exists; each worker (forked, no exec)
+ * inherits it, adds under the lock, says READY=1 and leaves with status 3
+ * (do not restart); the master returns once every slot is empty. */
+typedef struct {
+    mproc_shm_t *shm;
+    mproc_lock_t *lock;
+    int64_t *count; /* [0] additions, [1] worker inits */
+    int nfds_seen;
+} prefork_t;
+
+static int pf_preload(void *ctx)
+{
+    prefork_t *pf = ctx;
+    int rc = mproc_shm_create(&pf->shm, 64 * 1024);
+    if (rc == 0)
+        rc = mproc_lock_create(pf->shm, NULL, &pf->lock);
+    if (rc == 0)
+        rc = mproc_array_create(pf->shm, NULL, MPROC_INT64, 2, (void **)&pf->count);
+    return rc;
+}
+
+static int pf_init(void *ctx, int id)
+{
+    prefork_t *pf = ctx;
+    (void)id;
+    if (mproc_lock_acquire(pf->lock, TU_T_MS) != 0)
+        return 10;
+    pf->count[1]++;
+    mproc_lock_release(pf->lock);
+    return 0;
+}
+
+static int pf_worker(void *ctx, int id, const int *fds, int nfds)
+{
+    prefork_t *pf = ctx;
+    (void)id;
+    int acc = 0;
+    socklen_t len = sizeof acc;
+    if (nfds != 1 || fds[0] != 3 || getsockopt(3, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0 ||
+        !acc)
+        return 11;
+    for (int i = 0; i < 1000; i++) {
+        if (mproc_lock_acquire(pf->lock, TU_T_MS) != 0)
+            return 12;
+        pf->count[0]++;
+        mproc_lock_release(pf->lock);
+    }
+    if (mproc_notify("READY=1") != 0)
+        return 13;
+    return MPROC_EXIT_NO_RESTART;
+}
+
+static void test_prefork_library(void)
+{
+    prefork_t pf = {0};
+    const char *binds[] = {"127.0.0.1:0"};
+    mproc_supervisor_opts_t o = {.workers = 4,
+                                 .binds = binds,
+                                 .nbinds = 1,
+                                 .preload = pf_preload,
+                                 .worker_init = pf_init,
+                                 .worker = pf_worker,
+                                 .ctx = &pf};
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC), saved = dup(2);
+    dup2(devnull, 2); /* the master's log */
+    int rc = mproc_supervise(&o);
+    dup2(saved, 2);
+    close(saved);
+    close(devnull);
+    TU_CHECK_EQ_INT(rc, 0);
+    TU_REQUIRE(pf.count);
+    TU_CHECK_EQ_INT(pf.count[0], 4000);
+    TU_CHECK_EQ_INT(pf.count[1], 4);
+    mproc_shm_close(pf.shm);
+    /* Both or neither of argv and worker: refused. */
+    char *argv[] = {"true", NULL};
+    o.argv = argv;
+    TU_CHECK_EQ_INT(mproc_supervise(&o), -EINVAL);
+    o.argv = NULL;
+    o.worker = NULL;
+    TU_CHECK_EQ_INT(mproc_supervise(&o), -EINVAL);
+    /* mproc_notify outside a supervisor does nothing. */
+    char *old = getenv("NOTIFY_SOCKET") ? strdup(getenv("NOTIFY_SOCKET")) : NULL;
+    unsetenv("NOTIFY_SOCKET");
+    TU_CHECK_EQ_INT(mproc_notify("READY=1"), 0);
+    setenv("NOTIFY_SOCKET", "/nonexistent/notify", 1);
+    TU_CHECK(mproc_notify("READY=1") < 0);
+    unsetenv("NOTIFY_SOCKET");
+    if (old) {
+        setenv("NOTIFY_SOCKET", old, 1);
+        free(old);
+    }
+}
+
 static const tu_case_t cases[] = {
     TU_CASE(test_restart_same_slot_and_listen_fds),
     TU_CASE(test_term_then_kill),
@@ -462,6 +559,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_ttin_ttou),
     TU_CASE(test_reload_ready),
     TU_CASE(test_bad_usage),
+    TU_CASE(test_prefork_library),
     TU_END,
 };
 
