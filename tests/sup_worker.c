@@ -11,7 +11,8 @@
  * Modes: wait (until SIGTERM, exit 0), ignore-term (SIGTERM ignored),
  * fail (exit 1 at once), ok (exit 0 at once), exit3, ready (send READY=1,
  * then wait), silent (never notify, wait), beat (READY=1, then WATCHDOG=1
- * every 50 ms).
+ * every 50 ms), recycle (READY=1, and MPROC_RECYCLE=1 if it is the first
+ * worker to create FIFO.recycled; then wait).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -88,8 +89,17 @@ int main(int argc, char **argv)
         return 3;
     struct sigaction sa = {.sa_handler = strcmp(mode, "ignore-term") == 0 ? SIG_IGN : on_term};
     sigaction(SIGTERM, &sa, NULL);
-    if (strcmp(mode, "ready") == 0 || strcmp(mode, "beat") == 0)
+    if (strcmp(mode, "ready") == 0 || strcmp(mode, "beat") == 0 || strcmp(mode, "recycle") == 0)
         notify("READY=1");
+    if (strcmp(mode, "recycle") == 0) {
+        char marker[600];
+        snprintf(marker, sizeof marker, "%s.recycled", argv[1]);
+        int fd = open(marker, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            close(fd);
+            notify("MPROC_RECYCLE=1");
+        }
+    }
     while (!term) {
         struct timespec ts = {0, 50 * 1000000};
         nanosleep(&ts, NULL); /* a worker's idle loop, not synchronisation */

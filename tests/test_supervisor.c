@@ -397,6 +397,32 @@ static void test_ttin_ttou(void)
     master_end(&m);
 }
 
+/* MPROC_RECYCLE=1: a successor in the same slot, ready before the
+ * worker that asked is stopped. */
+static void test_recycle(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "1", "--ready", "--graceful-timeout", "2", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "recycle"));
+    report_t first, next;
+    TU_REQUIRE(next_report(&m, &first, TU_T_MS));
+    TU_REQUIRE(next_report(&m, &next, TU_T_MS));
+    TU_CHECK_EQ_INT(next.id, first.id);
+    TU_CHECK(gone_within(first.pid, TU_T_MS));
+    TU_CHECK(!gone_within(next.pid, 0));
+    drain_log(&m);
+    char asks[64], ready[64], stop[96];
+    snprintf(asks, sizeof asks, "pid %d asks to be replaced", first.pid);
+    snprintf(ready, sizeof ready, "pid %d ready", next.pid);
+    snprintf(stop, sizeof stop, "pid %d stopping (its successor is ready)", first.pid);
+    const char *a = strstr(m.log, asks), *b = strstr(m.log, ready), *c = strstr(m.log, stop);
+    TU_CHECK(a && b && c && a < b && b < c);
+    char marker[128];
+    snprintf(marker, sizeof marker, "%s.recycled", m.fifo_path);
+    unlink(marker);
+    master_end(&m);
+}
+
 /* HUP with --ready: the new generation is up before the old one stops. */
 static void test_reload_ready(void)
 {
@@ -416,7 +442,8 @@ static void test_reload_ready(void)
         int oldpid = old[0].id == neu[i].id ? old[0].pid : old[1].pid;
         snprintf(stop, sizeof stop, "pid %d stopping (its successor is ready)", oldpid);
         const char *a = strstr(m.log, ready), *b = strstr(m.log, stop);
-        TU_CHECK(a && b && a < b);
+        if (!TU_CHECK(a && b && a < b))
+            fprintf(stderr, "  master's log:\n%s", m.log);
     }
     master_end(&m);
 }
@@ -558,6 +585,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_watchdog_and_outsiders),
     TU_CASE(test_ttin_ttou),
     TU_CASE(test_reload_ready),
+    TU_CASE(test_recycle),
     TU_CASE(test_bad_usage),
     TU_CASE(test_prefork_library),
     TU_END,
