@@ -61,6 +61,11 @@ class Command:
     # comparison): when it was not built, its cell says so instead of
     # failing.
     optional: bool = False
+    # A program whose one output line carries several figures' metrics (the
+    # `mproc run` figures: a 6 s wrk run gives both failures and
+    # requests/s): within one repetition, figures with the same shared
+    # argv run it once and read their metrics from the same line.
+    shared: bool = False
 
 
 # Results of a whole run: figure key -> implementation -> median of medians.
@@ -595,10 +600,123 @@ def pool_figures() -> List[Figure]:
     )
 
 
+# ---- the supervisor, `mproc run`, against gunicorn ---------------------------
+
+# bench_run.py drives both: mproc run serving examples/http_prefork (or
+# bench/idle_worker) and gunicorn (sync workers) serving bench/wsgi_hello.py.
+# gunicorn sits in the Python column. Per program run (full, quick): kills,
+# HUPs, TTINs, hung workers, idle workers. A replacement takes ~2 ms in mproc
+# and ~10-30 ms in gunicorn; a reload run is 6 s of wrk; a hung mproc worker
+# costs 1 s (--timeout 1), a gunicorn one 2-3 s; 300 gunicorn workers take
+# ~15-20 s to start (the master sleeps up to 0.1 s between two forks).
+RUN_ITERATIONS = {
+    "replace": {"mproc": (20, 8), "gunicorn": (20, 8)},
+    "reload": {"mproc": (3, 3), "gunicorn": (3, 3)},
+    "ttin": {"mproc": (20, 8), "gunicorn": (20, 8)},
+    "timeout": {"mproc": (5, 3), "gunicorn": (5, 3)},
+    "idle": {"mproc": (1000, 1000), "gunicorn": (300, 300)},
+}
+
+
+def run_figures() -> List[Figure]:
+    drv = ("{python}", "{bench_src}/bench_run.py")
+    bins = ("--mproc", "{mproc_cli}", "--http", "{http_prefork}",
+            "--idle-worker", "{bench_bin}/idle_worker")
+    n = RUN_ITERATIONS
+
+    def cmds(what: str, mproc: bool = True, gunicorn: bool = True) -> Dict[str, Optional[Command]]:
+        def one(impl: str) -> Command:
+            return Command(drv + (f"{impl}-{what}", "{n}") + bins, *n[what][impl], shared=True)
+
+        return dict(mproc=one("mproc") if mproc else None,
+                    python=one("gunicorn") if gunicorn else None, raw=None)
+
+    def at_most(key: str, limit: float, unit: str, label: str = "") -> Target:
+        return Target(label or f"mproc ≤{limit:g} {unit}", absolute(key, "mproc"), limit, unit=unit)
+
+    rep, ans, rl = "run.replace.ready", "run.replace.answer", "run.reload.failed"
+    ttin, hang = "run.ttin", "run.timeout"
+    idle_t, idle_m, idle_c = "run.idle.start", "run.idle.rss", "run.idle.cpu"
+    ms = dict(metric="median_ms", unit="ms")
+    return [
+        Figure(
+            key=rep,
+            title="run: worker SIGKILLed -> replacement ready (log), 4 workers; gunicorn's: "
+                  "row below",
+            **cmds("replace", gunicorn=False),
+            targets=(at_most(rep, 5, "ms"),),
+            ratio_with=ans,
+            **ms,
+        ),
+        Figure(
+            key=ans,
+            title="run: worker SIGKILLed -> first answer from the new pid, 4 workers, gunicorn",
+            **cmds("replace"),
+            targets=(at_most(ans, 5, "ms"),),
+            metric="answer_ms",
+            unit="ms",
+        ),
+        Figure(
+            key=rl,
+            title="run: failed requests, wrk -c32 6 s through 3 HUP reloads, gunicorn",
+            **cmds("reload"),
+            targets=(Target("mproc = 0", absolute(rl, "mproc"), 0, unit="failed"),),
+            metric="failed",
+            unit="failed",
+        ),
+        Figure(
+            key="run.reload.rps",
+            title="run: requests/s during those reloads, gunicorn",
+            **cmds("reload"),
+            metric="rps",
+            unit="req/s",
+            lower_is_better=False,
+        ),
+        Figure(
+            key=ttin,
+            title="run: SIGTTIN -> new worker ready (log; gunicorn: first answer from it)",
+            **cmds("ttin"),
+            targets=(at_most(ttin, 2, "ms"),),
+            **ms,
+        ),
+        Figure(
+            key=hang,
+            title="run: hung worker killed, overshoot past --timeout (1 s; gunicorn 2 s)",
+            **cmds("timeout"),
+            targets=(at_most(hang, 100, "ms"),),
+            **ms,
+        ),
+        Figure(
+            key=idle_t,
+            title="run: start -> 1,000 idle workers ready (gunicorn: 300 booted)",
+            **cmds("idle"),
+            targets=(at_most(idle_t, 2000, "ms"),),
+            metric="start_ms",
+            unit="ms",
+        ),
+        Figure(
+            key=idle_m,
+            title="run: master RSS, 1,000 idle workers (gunicorn: 300)",
+            **cmds("idle"),
+            targets=(Target("mproc < 20 MiB", absolute(idle_m, "mproc"), 20, unit="MiB"),),
+            metric="rss_mib",
+            unit="MiB",
+        ),
+        Figure(
+            key=idle_c,
+            title="run: master CPU idle 10 s, 1,000 workers (gunicorn: 300)",
+            **cmds("idle"),
+            targets=(Target("mproc < 1%", absolute(idle_c, "mproc"), 1, unit="%"),),
+            metric="cpu_pct",
+            unit="% of a core",
+        ),
+    ]
+
+
 # Every figure, in table order.
 FIGURES: List[Figure] = (
     start_figures() + guard_figures() + sync_figures() + conn_figures() + queue_figures()
-    + pool_figures()
+    + pool_figures() + run_figures()
 )
 
 
@@ -636,7 +754,23 @@ def parse_output(stdout: str) -> Dict[str, str]:
     return fields
 
 
-def run_program(argv: List[str], metric: str, n: int) -> float:
+def run_program(argv: List[str], metric: str, n: int,
+                fields: Optional[Dict[str, str]] = None) -> Tuple[float, Dict[str, str]]:
+    """Run argv (unless fields, an earlier run's output line, is given)
+    and read metric from its output: (value, the output's fields)."""
+    if fields is None:
+        fields = run_fields(argv)
+    try:
+        value = float(fields[metric])
+        got_n = int(fields.get("n", n))
+    except (KeyError, ValueError) as e:
+        raise ProgramError(f"no valid {metric} in {fields!r}") from e
+    if got_n != n:
+        raise ProgramError(f"ran {got_n} iterations, asked {n}")
+    return value, fields
+
+
+def run_fields(argv: List[str]) -> Dict[str, str]:
     try:
         proc = subprocess.run(
             argv,
@@ -656,15 +790,7 @@ def run_program(argv: List[str], metric: str, n: int) -> float:
             else f"exit status {proc.returncode}"
         )
         raise ProgramError(f"{status}: {why[0]}")
-    fields = parse_output(proc.stdout)
-    try:
-        value = float(fields[metric])
-        got_n = int(fields.get("n", n))
-    except (KeyError, ValueError) as e:
-        raise ProgramError(f"no valid {metric} in {proc.stdout.strip()!r}") from e
-    if got_n != n:
-        raise ProgramError(f"ran {got_n} iterations, asked {n}")
-    return value
+    return parse_output(proc.stdout)
 
 
 def expand(cmd: Command, quick: bool, paths: Dict[str, str]) -> Tuple[List[str], int]:
@@ -677,6 +803,8 @@ def run_all(
 ) -> Dict[str, Dict[str, Cell]]:
     cells = {f.key: {impl: Cell() for impl in IMPLS if f.command(impl)} for f in figures}
     for rep in range(reps):
+        # Shared commands' outputs (or errors) in this repetition, by argv.
+        shared: Dict[Tuple[str, ...], object] = {}
         for fig in figures:
             impls = [impl for impl in IMPLS if fig.command(impl)]
             # Rotate the order each repetition: no implementation always runs
@@ -693,9 +821,19 @@ def run_all(
                               file=sys.stderr, flush=True)
                     continue
                 try:
-                    v = run_program(argv, fig.metric, n)
+                    earlier = shared.get(tuple(argv)) if cmd.shared else None
+                    if isinstance(earlier, ProgramError):
+                        raise earlier
+                    try:
+                        v, fields = run_program(argv, fig.metric, n, earlier)
+                    except ProgramError as e:
+                        if cmd.shared and earlier is None:
+                            shared[tuple(argv)] = e
+                        raise
+                    if cmd.shared:
+                        shared[tuple(argv)] = fields
                     cell.medians.append(v)
-                    note = f"{v:.1f} {fig.unit}"
+                    note = f"{v:.1f} {fig.unit}" + (" (same run)" if earlier else "")
                 except ProgramError as e:
                     cell.errors.append(str(e))
                     note = f"FAILED: {e}"
@@ -912,6 +1050,9 @@ def main() -> int:
         "bench_bin": find_bin_dir(args.build_dir, args.bin_dir),
         "bench_src": HERE,
         "python": args.python,
+        # the `mproc run` figures: the CLI and the prefork HTTP example
+        "mproc_cli": os.path.abspath(os.path.join(args.build_dir, "tools", "mproc")),
+        "http_prefork": os.path.abspath(os.path.join(args.build_dir, "examples", "http_prefork")),
     }
     info = machine_info(args.python)
     for line in info:

@@ -18,6 +18,7 @@ packages=(
     wrk                # the reload-under-load test of `mproc run`
     g++          # bench/bench_boost_mq.cpp only (a comparison, not a dependency)
     libboost-dev # its header-only Boost.Interprocess
+    gunicorn     # bench/bench_run.py: `mproc run` against gunicorn (pulls python3-gunicorn)
 )
 
 installed() {

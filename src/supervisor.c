@@ -667,7 +667,7 @@ static void on_timers(sup_t *s)
                 (int)w->pid);
             mproc_process_kill(w->p);
             w->kill_at = 1; /* killed: wait for its exit */
-        } else if (s->o.timeout_ms > 0 && !w->kill_at && now - w->beat > s->o.timeout_ms) {
+        } else if (s->o.timeout_ms > 0 && !w->kill_at && now - w->beat >= s->o.timeout_ms) {
             say("worker %d pid %d silent for %d ms (--timeout): SIGKILL", w->slot, (int)w->pid,
                 s->o.timeout_ms);
             mproc_process_kill(w->p);
