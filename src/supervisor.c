@@ -80,7 +80,10 @@ typedef struct {
     unsigned nrestarts;
     int stopping; /* 1 graceful, 2 at once */
     int exit_code;
+    int wrote_pidfile;
     sigset_t blocked, old_mask;
+    struct sigaction old_chld, old_pipe;
+    uint64_t unix_ino[BINDS_MAX]; /* the socket files we made */
 } sup_t;
 
 /* The worker being started (read by the fork child before it execs). */
@@ -136,19 +139,30 @@ static int bind_one(sup_t *s, const char *spec)
             return -EINVAL;
         strcpy(sa.sun_path, path);
         struct stat st;
-        if (lstat(path, &st) == 0) {
-            if (!S_ISSOCK(st.st_mode))
-                return -EADDRINUSE; /* never remove what is not a socket */
-            unlink(path);           /* a stale socket of an earlier run */
-        }
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
             return -errno;
-        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 1024) < 0) {
+        if (lstat(path, &st) == 0) {
+            /* Never remove what is not a socket, nor one somebody still
+             * listens on: only a stale one an earlier run left. */
+            if (!S_ISSOCK(st.st_mode) || connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ||
+                errno != ECONNREFUSED) {
+                close(fd);
+                return -EADDRINUSE;
+            }
+            close(fd);
+            unlink(path);
+            fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (fd < 0)
+                return -errno;
+        }
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 1024) < 0 ||
+            lstat(path, &st) < 0) {
             int e = -errno;
             close(fd);
             return e;
         }
+        s->unix_ino[s->nfds] = (uint64_t)st.st_ino;
         s->unix_paths[s->nfds] = strdup(path);
         s->fds[s->nfds++] = fd;
         return 0;
@@ -239,8 +253,14 @@ static int notify_open(sup_t *s)
         return -errno;
     }
     snprintf(s->notify_path, sizeof s->notify_path, "%s/notify", s->notify_dir);
+    /* Workers may drop privileges: they must still reach the socket. The
+     * directory can be passed through, not listed (0711), the socket
+     * written by anyone (0666); what authenticates a message is its
+     * sender's pid, stamped by the kernel. */
+    if (chmod(s->notify_dir, 0711) < 0)
+        return -errno;
     s->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (s->notify_fd < 0)
+    if (s->notify_fd < 0 || fchmod(s->notify_fd, 0666) < 0)
         return -errno;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     strcpy(sa.sun_path, s->notify_path);
@@ -248,8 +268,6 @@ static int notify_open(sup_t *s)
     if (setsockopt(s->notify_fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) < 0 ||
         bind(s->notify_fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         return -errno;
-    /* Workers may run as another user (a command that drops privileges):
-     * the directory is private, the socket open to whoever can reach it. */
     return 0;
 }
 
@@ -296,6 +314,8 @@ static void on_notify(sup_t *s)
                     w->ready = 1;
                     say("worker %d pid %d ready", w->slot, (int)w->pid);
                 }
+                if (s->slots[w->slot].current != w)
+                    continue; /* an old worker: nobody waits on it */
                 s->slots[w->slot].quick = 0;
                 /* Old workers of this slot waiting for it can go. */
                 for (worker_t *o = s->workers; o; o = o->next)
@@ -339,9 +359,11 @@ static int worker_main(const void *arg, size_t len)
         if (tmp[i] < 0)
             _exit(127);
     }
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (dup2(tmp[i], 3 + i) < 0) /* dup2 clears close-on-exec */
             _exit(127);
+        close(tmp[i]);
+    }
     int keep[BINDS_MAX];
     for (int i = 0; i < n; i++)
         keep[i] = 3 + i;
@@ -477,6 +499,20 @@ static int too_many_restarts(sup_t *s)
 
 static void begin_stop(sup_t *s, int how, int code);
 
+/* A slot's successor ended for good before taking over: the worker it was
+ * to replace stays the slot's. 1 if there was one. */
+static int reinstate(sup_t *s, int slot)
+{
+    for (worker_t *o = s->workers; o; o = o->next)
+        if (o->slot == slot && o->succeeded_by && !o->kill_at) {
+            o->succeeded_by = 0;
+            s->slots[slot].current = o;
+            say("worker %d pid %d stays: its successor ended", slot, (int)o->pid);
+            return 1;
+        }
+    return 0;
+}
+
 static void on_worker_exit(sup_t *s, worker_t *w)
 {
     int code = 0;
@@ -499,6 +535,8 @@ static void on_worker_exit(sup_t *s, worker_t *w)
     if (!was_current)
         return;
     if (code == MPROC_EXIT_NO_RESTART) {
+        if (reinstate(s, slot))
+            return;
         sl->empty = 1;
         say("worker %d pid %d exited with status %d: not restarted, the slot stays empty", slot,
             pid, MPROC_EXIT_NO_RESTART);
@@ -507,6 +545,8 @@ static void on_worker_exit(sup_t *s, worker_t *w)
     int restart = s->o.restart == MPROC_RESTART_ALWAYS ||
                   (s->o.restart == MPROC_RESTART_ON_FAILURE && code != 0);
     if (!restart) {
+        if (reinstate(s, slot))
+            return;
         sl->empty = 1;
         say("worker %d pid %d exited, %s: not restarted (--restart %s)", slot, pid, st,
             s->o.restart == MPROC_RESTART_NEVER ? "never" : "on-failure");
@@ -538,10 +578,11 @@ static void on_worker_exit(sup_t *s, worker_t *w)
 
 static void begin_stop(sup_t *s, int how, int code)
 {
+    if (code > s->exit_code)
+        s->exit_code = code; /* a crash loop stays a failure */
     if (s->stopping >= how)
         return;
     s->stopping = how;
-    s->exit_code = code;
     for (int i = 0; i < s->nslots; i++)
         s->slots[i].restart_at = 0;
     for (worker_t *w = s->workers; w; w = w->next) {
@@ -564,6 +605,13 @@ static void reload(sup_t *s)
         if (sl->empty)
             continue;
         worker_t *old = sl->current;
+        int waited_on = 0; /* an older worker waits for old to be ready */
+        for (worker_t *o = s->workers; old && o; o = o->next)
+            waited_on |= o != old && o->slot == i && o->succeeded_by && !o->kill_at;
+        if (old && !old->ready && waited_on) {
+            retire(s, old, "superseded before it was ready"); /* no pile of generations */
+            old = NULL;
+        }
         if (old)
             old->succeeded_by = 1;
         sl->current = NULL;
@@ -591,7 +639,10 @@ static int grow(sup_t *s)
     int slot = s->nslots++;
     memset(&s->slots[slot], 0, sizeof s->slots[slot]);
     say("adding worker %d (now %d)", slot, s->nslots);
-    return start_worker(s, slot);
+    int rc = start_worker(s, slot);
+    if (rc < 0)
+        s->slots[slot].restart_at = now_ms() + BACKOFF_FIRST_MS;
+    return rc;
 }
 
 static void shrink(sup_t *s)
@@ -631,6 +682,10 @@ static void on_signals(sup_t *s)
         case SIGTTOU:
             if (!s->stopping)
                 shrink(s);
+            break;
+        case SIGUSR1:
+        case SIGUSR2:
+            say("%s: not supported (ignored)", si.ssi_signo == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
             break;
         default:
             break; /* SIGCHLD: the pidfds tell */
@@ -689,8 +744,10 @@ static void cleanup(sup_t *s)
 {
     for (int i = 0; i < s->nfds; i++) {
         close(s->fds[i]);
-        if (s->unix_paths[i]) {
-            unlink(s->unix_paths[i]);
+        struct stat st;
+        if (s->unix_paths[i]) { /* only if it is still ours */
+            if (lstat(s->unix_paths[i], &st) == 0 && (uint64_t)st.st_ino == s->unix_ino[i])
+                unlink(s->unix_paths[i]);
             free(s->unix_paths[i]);
         }
     }
@@ -704,7 +761,7 @@ static void cleanup(sup_t *s)
         close(s->sig_fd);
     if (s->ep >= 0)
         close(s->ep);
-    if (s->o.pidfile)
+    if (s->wrote_pidfile)
         unlink(s->o.pidfile);
     while (s->workers) { /* only on a setup failure */
         worker_t *w = s->workers;
@@ -714,6 +771,14 @@ static void cleanup(sup_t *s)
     }
     free(s->slots);
     free(s->restarts);
+    /* Signals that arrived at the end are the master's, handled or not:
+     * none may reach the caller with its default action (TTIN would stop
+     * it, HUP kill it). */
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&s->blocked, NULL, &zero) > 0)
+        ;
+    sigaction(SIGCHLD, &s->old_chld, NULL);
+    sigaction(SIGPIPE, &s->old_pipe, NULL);
     pthread_sigmask(SIG_SETMASK, &s->old_mask, NULL);
 }
 
@@ -761,7 +826,7 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
     if (!opts || (opts->worker != NULL) == (opts->argv != NULL) || (opts->argv && !opts->argv[0]) ||
         opts->workers < 0 || opts->nbinds > BINDS_MAX || (opts->nbinds && !opts->binds) ||
         (unsigned)opts->restart > MPROC_RESTART_NEVER || opts->graceful_timeout_ms < 0 ||
-        opts->timeout_ms < 0 || opts->restart_window_ms < 0)
+        opts->timeout_ms < 0 || opts->restart_window_ms < 0 || opts->max_restarts > 1000000)
         return -EINVAL;
     sup_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -779,12 +844,18 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         s->o.restart_window_ms = 60000;
     }
     sigemptyset(&s->blocked);
-    int sigs[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGCHLD};
+    int sigs[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGCHLD, SIGUSR1, SIGUSR2};
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
         sigaddset(&s->blocked, sigs[i]);
     /* Blocked before anything else: a signal sent from now on waits in
      * the signalfd, whatever the loop is doing. */
     pthread_sigmask(SIG_BLOCK, &s->blocked, &s->old_mask);
+    /* SIGCHLD at SIG_IGN (inherited across exec) would make the kernel
+     * reap workers behind the master's back; a closed stderr must not
+     * kill it (SIGPIPE). Both are put back when it returns. */
+    struct sigaction dfl = {.sa_handler = SIG_DFL}, ign = {.sa_handler = SIG_IGN};
+    sigaction(SIGCHLD, &dfl, &s->old_chld);
+    sigaction(SIGPIPE, &ign, &s->old_pipe);
 
     int rc = 0;
     s->slots_cap = s->o.workers > 4 ? s->o.workers : 4;
@@ -814,6 +885,7 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         rc = -errno;
     if (rc == 0 && s->o.pidfile && (rc = write_pidfile(s->o.pidfile)) < 0)
         say("cannot write the pidfile %s: %s", s->o.pidfile, mproc_strerror(rc));
+    s->wrote_pidfile = rc == 0 && s->o.pidfile;
     if (rc < 0) {
         cleanup(s);
         free(s);
@@ -854,7 +926,7 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         }
         /* After the signals and notes: a worker is freed here, and only here. */
         for (int i = 0; i < nexited; i++)
-            if (mproc_process_is_alive(exited[i]->p) == 0)
+            if (mproc_process_is_alive(exited[i]->p) <= 0) /* < 0: cannot tell: gone */
                 on_worker_exit(s, exited[i]);
         on_timers(s);
         int live = 0;

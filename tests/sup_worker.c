@@ -76,6 +76,9 @@ int main(int argc, char **argv)
                      getenv("LISTEN_FDNAMES") ? getenv("LISTEN_FDNAMES") : "-",
                      getenv("NOTIFY_SOCKET") ? getenv("NOTIFY_SOCKET") : "-",
                      getenv("MPROC_WORKERS") ? getenv("MPROC_WORKERS") : "0", nfd);
+    /* Signal dispositions first: the test acts on the report at once. */
+    struct sigaction sa = {.sa_handler = strcmp(mode, "ignore-term") == 0 ? SIG_IGN : on_term};
+    sigaction(SIGTERM, &sa, NULL);
     int fifo = open(argv[1], O_WRONLY | O_CLOEXEC);
     if (fifo < 0 || write(fifo, line, (size_t)n) != n)
         return 2;
@@ -87,8 +90,6 @@ int main(int argc, char **argv)
         return 0;
     if (strcmp(mode, "exit3") == 0)
         return 3;
-    struct sigaction sa = {.sa_handler = strcmp(mode, "ignore-term") == 0 ? SIG_IGN : on_term};
-    sigaction(SIGTERM, &sa, NULL);
     if (strcmp(mode, "ready") == 0 || strcmp(mode, "beat") == 0 || strcmp(mode, "recycle") == 0)
         notify("READY=1");
     if (strcmp(mode, "recycle") == 0) {

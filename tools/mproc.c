@@ -105,6 +105,7 @@ static int cmd_run(int argc, char **argv)
     mproc_supervisor_opts_t o = {0};
     const char *binds[64];
     size_t nbinds = 0;
+    int max_given = 0, window_given = 0;
     int i = 2;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -145,9 +146,11 @@ static int cmd_run(int argc, char **argv)
             if (!*v || *end || n < 0 || n > 1000000)
                 return run_usage("bad --max-restarts", v);
             o.max_restarts = (unsigned)n;
+            max_given = 1;
         } else if (strcmp(a, "--restart-window") == 0) {
             if ((o.restart_window_ms = seconds_ms(v)) <= 0)
                 return run_usage("bad --restart-window", v);
+            window_given = 1;
         } else if (strcmp(a, "--graceful-timeout") == 0) {
             if ((o.graceful_timeout_ms = seconds_ms(v)) < 0)
                 return run_usage("bad --graceful-timeout", v);
@@ -164,13 +167,12 @@ static int cmd_run(int argc, char **argv)
     }
     if (i >= argc)
         return run_usage("no command to run", NULL);
-    if ((o.max_restarts != 0) != (o.restart_window_ms != 0)) {
-        /* One given: the other takes its default. */
-        if (!o.max_restarts)
-            o.max_restarts = 10;
-        if (!o.restart_window_ms)
-            o.restart_window_ms = 60000;
-    }
+    /* The crash-loop limit: what was given, the default for the rest
+     * (--max-restarts 0: the first restart is one too many). */
+    if (!max_given)
+        o.max_restarts = 10;
+    if (!window_given)
+        o.restart_window_ms = 60000;
     o.argv = argv + i;
     o.binds = binds;
     o.nbinds = nbinds;
