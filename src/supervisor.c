@@ -209,7 +209,10 @@ static int bind_one(sup_t *s, const char *spec)
     if (fd < 0)
         return -errno;
     int one = 1;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+    /* [::] means IPv6 only, so that 0.0.0.0 can be bound beside it. */
+    if ((ss.ss_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 1024) < 0) {
         int e = -errno;
         close(fd);
@@ -295,6 +298,8 @@ static void on_notify(sup_t *s)
         ssize_t n = recvmsg(s->notify_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0)
             return; /* EAGAIN: drained */
+        if (mh.msg_flags & MSG_TRUNC)
+            continue; /* longer than any message we act on: not acted on in part */
         struct ucred cred = {0, 0, 0};
         int have = 0;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))

@@ -88,9 +88,10 @@ static int seconds_ms(const char *s)
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (!*s || *end || errno || v < 0 || v > 86400.0 * 24)
+    if (!*s || *end || errno || !(v >= 0 && v <= 86400.0 * 24)) /* NaN fails too */
         return -1;
-    return (int)(v * 1000 + 0.5);
+    int ms = (int)(v * 1000 + 0.5);
+    return ms == 0 && v > 0 ? 1 : ms; /* a positive time never rounds to "off" */
 }
 
 static int run_usage(const char *why, const char *arg)
@@ -119,7 +120,7 @@ static int cmd_run(int argc, char **argv)
         }
         if (a[0] != '-')
             break; /* the command, without "--" */
-        if (i + 1 >= argc)
+        if (i + 1 >= argc || strcmp(argv[i + 1], "--") == 0)
             return run_usage("missing value for", a);
         const char *v = argv[++i];
         char *end;
