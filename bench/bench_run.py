@@ -627,7 +627,37 @@ def gunicorn_idle(args, n: int) -> str:
     return f"{out} n={n}"
 
 
+def mproc_prefork(args, n: int) -> str:
+    """The library's prefork mode (bench/prefork_server.c: fork, no exec):
+    from a worker's SIGKILL to its replacement's READY=1 in the log."""
+    m = Mproc.__new__(Mproc)
+    m.srv = Server([args.prefork], dict(os.environ))
+    m.ready, m.port = {}, 0
+    m.srv.on_line = m._track
+    try:
+        m.wait_ready(WORKERS)
+        ready = []
+        for i in range(n):
+            slot = i % WORKERS
+            victim = m.ready[slot]
+            start = len(m.srv.lines)
+            t0 = now_ns()
+            os.kill(victim, signal.SIGKILL)
+            t, _, _ = m.srv.wait_line(m.READY, start, 10,
+                                      lambda mt: int(mt.group(1)) == slot and
+                                      int(mt.group(2)) != victim)
+            ready.append(t - t0)
+            settle(m.srv, 0.05)
+        m.srv.stop()
+    except BaseException:
+        m.srv.kill_all()
+        raise
+    r = summary(ready)
+    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+
+
 MODES = {
+    "mproc-prefork": mproc_prefork,
     "mproc-replace": mproc_replace, "gunicorn-replace": gunicorn_replace,
     "mproc-reload": mproc_reload, "gunicorn-reload": gunicorn_reload,
     "mproc-ttin": mproc_ttin, "gunicorn-ttin": gunicorn_ttin,
@@ -643,9 +673,10 @@ def main() -> int:
     ap.add_argument("--mproc", help="the mproc CLI (build/tools/mproc)")
     ap.add_argument("--http", help="the prefork HTTP example (build/examples/http_prefork)")
     ap.add_argument("--idle-worker", help="bench's idle_worker (build/bench/idle_worker)")
+    ap.add_argument("--prefork", help="bench's prefork_server (build/bench/prefork_server)")
     args = ap.parse_args()
     if args.mode.startswith("mproc-"):
-        for name in ("mproc", "http", "idle_worker"):
+        for name in ("mproc", "http", "idle_worker", "prefork"):
             p = getattr(args, name)
             if not p or not os.access(p, os.X_OK):
                 ap.error(f"--{name.replace('_', '-')}: not an executable: {p}")

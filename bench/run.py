@@ -615,13 +615,14 @@ RUN_ITERATIONS = {
     "ttin": {"mproc": (20, 8), "gunicorn": (20, 8)},
     "timeout": {"mproc": (5, 3), "gunicorn": (5, 3)},
     "idle": {"mproc": (1000, 1000), "gunicorn": (300, 300)},
+    "prefork": {"mproc": (40, 12)},
 }
 
 
 def run_figures() -> List[Figure]:
     drv = ("{python}", "{bench_src}/bench_run.py")
     bins = ("--mproc", "{mproc_cli}", "--http", "{http_prefork}",
-            "--idle-worker", "{bench_bin}/idle_worker")
+            "--idle-worker", "{bench_bin}/idle_worker", "--prefork", "{bench_bin}/prefork_server")
     n = RUN_ITERATIONS
 
     def cmds(what: str, mproc: bool = True, gunicorn: bool = True) -> Dict[str, Optional[Command]]:
@@ -638,7 +639,16 @@ def run_figures() -> List[Figure]:
     ttin, hang = "run.ttin", "run.timeout"
     idle_t, idle_m, idle_c = "run.idle.start", "run.idle.rss", "run.idle.cpu"
     ms = dict(metric="median_ms", unit="ms")
+    pre = "run.prefork.ready"
     return [
+        Figure(
+            key=pre,
+            title="run: library prefork worker (fork, no exec) SIGKILLed -> replacement ready "
+                  "(log), 4 workers (no gunicorn equivalent)",
+            **cmds("prefork", gunicorn=False),
+            targets=(at_most(pre, 1, "ms"),),
+            **ms,
+        ),
         Figure(
             key=rep,
             title="run: worker SIGKILLed -> replacement ready (log), 4 workers; gunicorn's: "
