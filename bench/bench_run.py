@@ -242,6 +242,12 @@ def summary(samples_ns: List[int]) -> Tuple[float, float, float]:
     return statistics.median(v), q[0], q[-1]
 
 
+def ms_line(samples_ns: List[int], n: int) -> str:
+    """The output line of a figure measured in ms: median, p10, p90."""
+    r = summary(samples_ns)
+    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+
+
 # --------------------------------------------------------------------------
 # The two servers
 # --------------------------------------------------------------------------
@@ -475,8 +481,7 @@ def mproc_ttin(args, n: int) -> str:
     except BaseException:
         m.srv.kill_all()
         raise
-    r = summary(samples)
-    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+    return ms_line(samples, n)
 
 
 def gunicorn_ttin(args, n: int) -> str:
@@ -501,8 +506,7 @@ def gunicorn_ttin(args, n: int) -> str:
     except BaseException:
         g.srv.kill_all()
         raise
-    r = summary(samples)
-    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+    return ms_line(samples, n)
 
 
 def mproc_timeout(args, n: int) -> str:
@@ -523,8 +527,7 @@ def mproc_timeout(args, n: int) -> str:
     except BaseException:
         m.srv.kill_all()
         raise
-    r = summary(over)
-    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+    return ms_line(over, n)
 
 
 def gunicorn_timeout(args, n: int) -> str:
@@ -557,8 +560,7 @@ def gunicorn_timeout(args, n: int) -> str:
     except BaseException:
         g.srv.kill_all()
         raise
-    r = summary(over)
-    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+    return ms_line(over, n)
 
 
 def proc_rss_mib(pid: int) -> float:
@@ -652,8 +654,7 @@ def mproc_prefork(args, n: int) -> str:
     except BaseException:
         m.srv.kill_all()
         raise
-    r = summary(ready)
-    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+    return ms_line(ready, n)
 
 
 MODES = {
