@@ -1101,8 +1101,12 @@ unsigned mproc_pool_workers_started(const mproc_pool_t *pool);
  * then SIGKILL after the graceful timeout) and return 0; QUIT kills every
  * worker at once and returns 0; HUP starts a new generation and stops the
  * old one once the new one is up (ready, with opts.ready); TTIN and TTOU
- * add and remove one worker. Workers die with the master (PDEATHSIG),
- * however it dies. One line per event goes to stderr.
+ * add and remove one worker; USR2 re-executes the master's own executable
+ * with its own arguments (same pid), and the new image takes the sockets
+ * and workers over, starts its own generation and retires the old one as
+ * HUP does (docs/supervisor.md, "Upgrading in place"). Workers die with
+ * the master (PDEATHSIG), however it dies. One line per event goes to
+ * stderr.
  */
 typedef enum {
     MPROC_RESTART_ALWAYS = 0,
@@ -1149,6 +1153,16 @@ typedef struct {
  * -EADDRINUSE, ...).
  */
 int mproc_supervise(const mproc_supervisor_opts_t *opts);
+
+/*
+ * 1 if this process image is a master re-executed by SIGUSR2 (an upgrade
+ * in place: same pid, the old image's workers still running), whose next
+ * mproc_supervise call takes the workers and sockets over; else 0. A
+ * program that detaches, writes files or starts helpers in main() before
+ * calling mproc_supervise checks this to skip what the first image did
+ * already (detaching again would orphan the workers).
+ */
+int mproc_supervise_upgraded(void);
 
 /*
  * sd_notify for workers of a supervisor (or of systemd): send state (e.g.

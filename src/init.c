@@ -20,8 +20,10 @@ int mproc_init(int *argc, char ***argv)
     mproc__request_t req;
     void *buf = NULL;
     int sock;
-    if (!mproc__spawn_receive(&req, &buf, &sock))
+    if (!mproc__spawn_receive(&req, &buf, &sock)) {
+        mproc__handover_early(); /* a re-executed supervisor's, if any */
         return 0;
+    }
 
     int keep[MPROC__MAX_FDS + 3];
     size_t nkeep = 0;

@@ -4,7 +4,7 @@
  *
  * Layering (a file only calls files listed before it):
  *   platform  errors  atfork  lock  request  child  spawn  tracker  shm
- *   sync  forkserver  process  channel  queue  pool  init
+ *   sync  forkserver  process  channel  queue  pool  upgrade  supervisor  init
  */
 #ifndef MPROC_INTERNAL_H
 #define MPROC_INTERNAL_H
@@ -297,6 +297,58 @@ struct mproc__queue_shared {
 };
 
 /* ---- process.c ---------------------------------------------------------- */
-/* (nothing internal) */
+/* Make a process object for a child a previous image of this process
+ * started with fork, before it exec'd itself (a supervisor's upgrade):
+ * still unreaped, so still ours. life_fd is its pidfd, or the read end of
+ * its exit pipe in builds without pidfds; it is taken over (closed on
+ * failure too). -ECHILD if pid is not an unreaped child of this process. */
+int mproc__process_adopt(mproc_process_t **out, pid_t pid, int life_fd, const char *name,
+                         int daemon);
+
+/* ---- upgrade.c: what a supervisor hands to its next image ---------------- */
+typedef struct {
+    int slot;
+    pid_t pid;
+    int life_fd; /* its pidfd, or its exit pipe                 */
+    int ready;
+    int current;      /* the slot's current worker                */
+    int kill_left_ms; /* being stopped: SIGKILL in this many ms; -1: not */
+} mproc__handover_worker_t;
+
+typedef struct {
+    int fd;
+    uint64_t ino; /* a unix socket's file, to remove only if still it */
+    char *spec;   /* the --bind text it was made from                   */
+} mproc__handover_socket_t;
+
+typedef struct {
+    uint64_t sigmask;       /* signals 1..64 the first master's caller blocked */
+    int chld_ign, pipe_ign; /* ... and SIGCHLD, SIGPIPE were ignored     */
+    int notify_fd;
+    char notify_dir[64];
+    mproc__handover_socket_t sockets[64];
+    size_t nsockets;
+    mproc__handover_worker_t *workers;
+    size_t nworkers;
+    pid_t reap[8]; /* the old image's helpers: reaped when they end */
+    size_t nreap;
+} mproc__handover_t;
+
+/* Write h to an anonymous file; *fd (close-on-exec) reads it back. */
+int mproc__handover_write(const mproc__handover_t *h, int *fd);
+/* Parse a handover text (bounds-checked; MPROC_EPROTO if malformed). */
+int mproc__handover_parse(const char *text, size_t len, mproc__handover_t **out);
+/* Read the handover named by the environment, if any: 1 and *out, 0 if
+ * none, or an error. Every fd it names is checked open, made
+ * close-on-exec; the variable is removed. */
+int mproc__handover_take(mproc__handover_t **out);
+void mproc__handover_free(mproc__handover_t *h);
+/* Name fd in the environment for the next image; undo that. */
+int mproc__handover_env(int fd);
+void mproc__handover_env_clear(void);
+/* mproc_init: take the handover before main runs anything. */
+void mproc__handover_early(void);
+/* The supervisor: the handover taken (1), none (0), or an error. */
+int mproc__handover_claim(mproc__handover_t **out);
 
 #endif

@@ -470,6 +470,52 @@ int mproc_process_start(mproc_process_t *p)
     return rc;
 }
 
+/* The entry of an adopted child: never run here (it runs what it ran). */
+static int adopted_entry(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    return 0;
+}
+
+int mproc__process_adopt(mproc_process_t **out, pid_t pid, int life_fd, const char *name,
+                         int daemon)
+{
+    *out = NULL;
+    /* Our unreaped child (alive or a zombie): its pid cannot be reused
+     * while we have not collected it. */
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    int rc = 0;
+    if (pid <= 0 || life_fd < 0)
+        rc = -EINVAL;
+    else if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        rc = -errno;
+    mproc_process_t *p = NULL;
+    if (rc == 0 && (rc = mproc_process_create(&p, adopted_entry, NULL, 0,
+                                              &(mproc_process_opts_t){.name = name,
+                                                                      .method = MPROC_START_FORK,
+                                                                      .daemon = daemon})) < 0)
+        p = NULL;
+    if (rc < 0) {
+        if (life_fd >= 0)
+            close(life_fd);
+        return rc;
+    }
+    pthread_once(&registry_once, registry_install);
+    mproc__set_cloexec(life_fd, 1);
+    if (mproc__have_pidfd())
+        p->pidfd = life_fd;
+    else
+        p->exit_pipe = life_fd;
+    p->pid = pid;
+    p->state = RUNNING;
+    p->owner = getpid();
+    registry_add(p);
+    *out = p;
+    return 0;
+}
+
 /* ---- waiting and collecting ------------------------------------------------ */
 
 static int life_fd(const mproc_process_t *p)

@@ -19,6 +19,15 @@
  * Notify socket. A datagram socket in a private 0700 directory; the
  * kernel stamps each datagram with the sender's pid (SO_PASSCRED), and
  * only a datagram from a current worker's pid is acted on.
+ *
+ * Upgrade (SIGUSR2). The master execve()s its own executable with its own
+ * arguments, keeping its pid: the workers stay its children. The new image
+ * takes over the sockets and the workers (upgrade.c carries them across),
+ * starts a generation of its own, and retires each old worker once its
+ * successor is up, as a reload does. If the new image cannot start
+ * workers (its preload fails, a new address cannot be bound), the old
+ * workers go on serving under it and nothing new is started ("frozen"):
+ * the service stays up and another USR2 can try again.
  */
 #include "internal.h"
 
@@ -40,6 +49,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -84,6 +94,12 @@ typedef struct {
     sigset_t blocked, old_mask;
     struct sigaction old_chld, old_pipe;
     uint64_t unix_ino[BINDS_MAX]; /* the socket files we made */
+    char *exe;                    /* this executable, for an upgrade  */
+    char **self_argv;             /* and its arguments (/proc)         */
+    char *self_args;              /* the storage self_argv points into */
+    int frozen;                   /* an upgrade that cannot start workers */
+    pid_t reap[8];                /* an old image's helpers, to collect */
+    size_t nreap;
 } sup_t;
 
 /* The worker being started (read by the fork child before it execs). */
@@ -364,6 +380,13 @@ static int worker_main(const void *arg, size_t len)
         if (tmp[i] < 0)
             _exit(127);
     }
+    if (s->o.worker) {
+        /* Prefork: keep what the preload opened; drop the master's own
+         * (before the sockets land on 3..: one of them may be there). */
+        close(s->ep);
+        close(s->sig_fd);
+        close(s->notify_fd);
+    }
     for (int i = 0; i < n; i++) {
         if (dup2(tmp[i], 3 + i) < 0) /* dup2 clears close-on-exec */
             _exit(127);
@@ -372,12 +395,7 @@ static int worker_main(const void *arg, size_t len)
     int keep[BINDS_MAX];
     for (int i = 0; i < n; i++)
         keep[i] = 3 + i;
-    if (s->o.worker) {
-        /* Prefork: keep what the preload opened; drop the master's own. */
-        close(s->ep);
-        close(s->sig_fd);
-        close(s->notify_fd);
-    } else {
+    if (!s->o.worker) {
         /* A command starts with stdio and its sockets, nothing the master
          * inherited from whoever started it (as systemd does). */
         mproc__close_fds_except(keep, (size_t)n);
@@ -419,6 +437,8 @@ static int worker_main(const void *arg, size_t len)
 
 static int start_worker(sup_t *s, int slot)
 {
+    if (s->frozen)
+        return -ECANCELED;
     starting_sup = s;
     starting_slot = slot;
     mproc_process_opts_t po = {.name = "mproc-worker", .method = MPROC_START_FORK, .daemon = 1};
@@ -539,6 +559,12 @@ static void on_worker_exit(sup_t *s, worker_t *w)
     }
     if (!was_current)
         return;
+    if (s->frozen) {
+        sl->empty = 1;
+        say("worker %d pid %d exited, %s: not restarted (the upgrade could not start workers)",
+            slot, pid, st);
+        return;
+    }
     if (code == MPROC_EXIT_NO_RESTART) {
         if (reinstate(s, slot))
             return;
@@ -604,6 +630,10 @@ static void begin_stop(sup_t *s, int how, int code)
 
 static void reload(sup_t *s)
 {
+    if (s->frozen) {
+        say("SIGHUP: not reloading: the upgrade could not start workers (SIGUSR2 to try again)");
+        return;
+    }
     say("reload: starting a new generation of %d workers", s->nslots);
     for (int i = 0; i < s->nslots; i++) {
         slot_t *sl = &s->slots[i];
@@ -641,6 +671,10 @@ static int grow(sup_t *s)
         s->slots = n;
         s->slots_cap = cap;
     }
+    if (s->frozen) {
+        say("SIGTTIN: no worker added: the upgrade could not start workers");
+        return -ECANCELED;
+    }
     int slot = s->nslots++;
     memset(&s->slots[slot], 0, sizeof s->slots[slot]);
     say("adding worker %d (now %d)", slot, s->nslots);
@@ -660,6 +694,236 @@ static void shrink(sup_t *s)
         if (w->slot == slot)
             retire(s, w, "TTOU");
     s->slots[slot].restart_at = 0;
+}
+
+/* ---- upgrading in place (SIGUSR2) ---------------------------------------- */
+
+/* What to exec on SIGUSR2: the path this executable was started from (a
+ * package upgrade renames a new file there) and the arguments it was given,
+ * read now: by the time of the signal the old file may be gone. */
+static void record_self(sup_t *s)
+{
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0)
+        return;
+    path[n] = '\0';
+    const char *gone = " (deleted)"; /* replaced before we started: the path holds the new one */
+    size_t glen = strlen(gone);
+    if ((size_t)n > glen && strcmp(path + n - glen, gone) == 0)
+        path[n - glen] = '\0';
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    for (ssize_t got = 1; buf && got > 0;) {
+        if (len + 1 >= cap) {
+            char *b = cap < (64u << 20) ? realloc(buf, cap * 2) : NULL;
+            if (!b) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = b;
+            cap *= 2;
+        }
+        got = read(fd, buf + len, cap - len - 1);
+        if (got < 0 && errno == EINTR)
+            got = 1;
+        else if (got > 0)
+            len += (size_t)got;
+    }
+    close(fd);
+    if (!buf || len == 0) {
+        free(buf);
+        return;
+    }
+    buf[len] = '\0';
+    size_t argc = 0;
+    for (size_t i = 0; i < len; i++)
+        argc += buf[i] == '\0';
+    argc += buf[len - 1] != '\0'; /* a last argument without its NUL */
+    char **argv = calloc(argc + 1, sizeof *argv);
+    s->exe = strdup(path);
+    if (!argv || !s->exe) {
+        free(argv);
+        free(buf);
+        free(s->exe);
+        s->exe = NULL;
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < len && k < argc; i += strlen(buf + i) + 1)
+        argv[k++] = buf + i;
+    s->self_argv = argv;
+    s->self_args = buf;
+}
+
+static uint64_t mask_bits(const sigset_t *set)
+{
+    uint64_t m = 0;
+    for (int sig = 1; sig <= 64 && sig < NSIG; sig++)
+        if (sigismember(set, sig) == 1)
+            m |= 1ull << (sig - 1);
+    return m;
+}
+
+static void set_workers_cloexec(sup_t *s, int on)
+{
+    mproc__set_cloexec(s->notify_fd, on);
+    for (int i = 0; i < s->nfds; i++)
+        mproc__set_cloexec(s->fds[i], on);
+    for (worker_t *w = s->workers; w; w = w->next)
+        mproc__set_cloexec(mproc_process_fd(w->p), on);
+}
+
+static void upgrade(sup_t *s)
+{
+    if (!s->exe) {
+        say("SIGUSR2: cannot re-execute: this executable's path and arguments could not be read "
+            "from /proc at start");
+        return;
+    }
+    mproc__handover_t h;
+    memset(&h, 0, sizeof h);
+    h.sigmask = mask_bits(&s->old_mask);
+    h.chld_ign = s->old_chld.sa_handler == SIG_IGN;
+    h.pipe_ign = s->old_pipe.sa_handler == SIG_IGN;
+    h.notify_fd = s->notify_fd;
+    snprintf(h.notify_dir, sizeof h.notify_dir, "%s", s->notify_dir);
+    for (int i = 0; i < s->nfds; i++)
+        h.sockets[h.nsockets++] =
+            (mproc__handover_socket_t){s->fds[i], s->unix_ino[i], (char *)s->o.binds[i]};
+    size_t n = 0;
+    for (worker_t *w = s->workers; w; w = w->next)
+        n++;
+    h.workers = calloc(n ? n : 1, sizeof *h.workers);
+    if (!h.workers) {
+        say("SIGUSR2: cannot re-execute: out of memory");
+        return;
+    }
+    int64_t now = now_ms();
+    for (worker_t *w = s->workers; w; w = w->next)
+        h.workers[h.nworkers++] =
+            (mproc__handover_worker_t){w->slot,
+                                       w->pid,
+                                       mproc_process_fd(w->p),
+                                       w->ready,
+                                       s->slots[w->slot].current == w,
+                                       !w->kill_at         ? -1
+                                       : w->kill_at <= now ? 0
+                                                           : (int)(w->kill_at - now)};
+    for (size_t i = 0; i < s->nreap; i++)
+        h.reap[h.nreap++] = s->reap[i];
+    pid_t helpers[2] = {mproc_tracker_pid(), mproc_forkserver_pid()};
+    for (size_t i = 0; i < 2 && h.nreap < MPROC__ARRAY_LEN(h.reap); i++)
+        if (helpers[i] > 0)
+            h.reap[h.nreap++] = helpers[i];
+    int fd = -1;
+    int rc = mproc__handover_write(&h, &fd);
+    free(h.workers);
+    if (rc == 0)
+        rc = mproc__handover_env(fd);
+    if (rc < 0) {
+        if (fd >= 0)
+            close(fd);
+        say("SIGUSR2: cannot re-execute: %s", mproc_strerror(rc));
+        return;
+    }
+    say("SIGUSR2: re-executing %s, handing over %zu workers and %d sockets", s->exe, n, s->nfds);
+    /* Exactly these fds cross the exec, and only now lose close-on-exec. */
+    set_workers_cloexec(s, 0);
+    mproc__set_cloexec(fd, 0);
+    fflush(NULL); /* the caller's buffered output would die with this image */
+    execv(s->exe, s->self_argv);
+    int e = errno;
+    set_workers_cloexec(s, 1);
+    mproc__handover_env_clear();
+    close(fd);
+    say("SIGUSR2: cannot re-execute %s: %s: carrying on", s->exe, strerror(e));
+}
+
+/* The new image: take over the workers the old one handed over. Each
+ * slot's current worker (or, mid-reload, the one still in charge) stays
+ * until its successor is up; the rest are on their way out. */
+static void adopt_workers(sup_t *s, const mproc__handover_t *h)
+{
+    int64_t now = now_ms();
+    for (size_t i = 0; i < h->nworkers; i++) {
+        const mproc__handover_worker_t *hw = &h->workers[i];
+        mproc_process_t *p = NULL;
+        int rc = mproc__process_adopt(&p, hw->pid, hw->life_fd, "mproc-worker", 1);
+        worker_t *w = rc == 0 ? calloc(1, sizeof *w) : NULL;
+        if (rc == 0 && !w)
+            rc = -ENOMEM;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = w};
+        if (rc == 0 && epoll_ctl(s->ep, EPOLL_CTL_ADD, mproc_process_fd(p), &ev) < 0)
+            rc = -errno;
+        if (rc < 0) {
+            say("worker %d pid %d cannot be taken over: %s", hw->slot, (int)hw->pid,
+                mproc_strerror(rc));
+            if (p) {
+                mproc_process_kill(p);
+                mproc_process_join(p, MPROC_FOREVER);
+                mproc_process_free(p);
+            }
+            free(w);
+            continue;
+        }
+        w->p = p;
+        w->pid = hw->pid;
+        w->slot = hw->slot;
+        w->started = w->beat = now;
+        w->ready = hw->ready;
+        w->next = s->workers;
+        s->workers = w;
+        if (hw->kill_left_ms >= 0) { /* was being stopped: goes on */
+            w->retiring = 1;
+            w->kill_at = now + hw->kill_left_ms;
+            if (w->kill_at <= 1)
+                w->kill_at = 2;
+        }
+    }
+    /* One worker per slot stays in charge: the current one if it is ready
+     * (or the only one), else the ready one it was to replace. */
+    for (worker_t *w = s->workers; w; w = w->next) {
+        if (w->retiring)
+            continue;
+        if (w->slot >= s->nslots) {
+            retire(s, w, "not in the new image's worker count");
+            continue;
+        }
+        int current = 0;
+        for (size_t i = 0; i < h->nworkers; i++)
+            if (h->workers[i].pid == w->pid)
+                current = h->workers[i].current;
+        worker_t *keep = s->slots[w->slot].current;
+        if (!keep) {
+            s->slots[w->slot].current = w;
+        } else if ((current && w->ready) || (!keep->ready && w->ready)) {
+            retire(s, keep, "superseded before it was ready");
+            s->slots[w->slot].current = w;
+        } else {
+            retire(s, w, "superseded before it was ready");
+        }
+    }
+    for (size_t i = 0; i < h->nreap; i++)
+        s->reap[s->nreap++] = h->reap[i];
+}
+
+/* An old image's helpers (tracker, forkserver) end once the last of their
+ * users is gone; nobody else collects them. */
+static void reap_leftovers(sup_t *s)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < s->nreap; i++) {
+        int st;
+        pid_t r = waitpid(s->reap[i], &st, WNOHANG);
+        if (r == 0 || (r < 0 && errno == EINTR))
+            s->reap[keep++] = s->reap[i];
+    }
+    s->nreap = keep;
 }
 
 static void on_signals(sup_t *s)
@@ -688,9 +952,12 @@ static void on_signals(sup_t *s)
             if (!s->stopping)
                 shrink(s);
             break;
-        case SIGUSR1:
         case SIGUSR2:
-            say("%s: not supported (ignored)", si.ssi_signo == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+            if (!s->stopping)
+                upgrade(s);
+            break;
+        case SIGUSR1:
+            say("SIGUSR1: not supported (ignored)");
             break;
         default:
             break; /* SIGCHLD: the pidfds tell */
@@ -776,6 +1043,9 @@ static void cleanup(sup_t *s)
     }
     free(s->slots);
     free(s->restarts);
+    free(s->exe);
+    free(s->self_argv);
+    free(s->self_args);
     /* Signals that arrived at the end are the master's, handled or not:
      * none may reach the caller with its default action (TTIN would stop
      * it, HUP kill it). */
@@ -826,6 +1096,53 @@ int mproc_notify(const char *state)
     return rc;
 }
 
+/* The new image of an upgrade: a socket the old one listened on for the
+ * same --bind text, taken over (1), or 0. */
+static int take_socket(sup_t *s, mproc__handover_t *h, const char *spec)
+{
+    for (size_t i = 0; i < h->nsockets; i++) {
+        mproc__handover_socket_t *hs = &h->sockets[i];
+        if (hs->fd < 0 || strcmp(hs->spec, spec) != 0)
+            continue;
+        s->unix_ino[s->nfds] = hs->ino;
+        s->unix_paths[s->nfds] = strncmp(spec, "unix:", 5) == 0 ? strdup(spec + 5) : NULL;
+        s->fds[s->nfds++] = hs->fd;
+        hs->fd = -1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Sockets of the old image this one does not listen on any more. */
+static void drop_sockets(mproc__handover_t *h)
+{
+    for (size_t i = 0; i < h->nsockets; i++) {
+        mproc__handover_socket_t *hs = &h->sockets[i];
+        if (hs->fd < 0)
+            continue;
+        say("no longer listening on %s", bound_name(hs->fd, hs->spec));
+        struct stat st;
+        if (strncmp(hs->spec, "unix:", 5) == 0 && lstat(hs->spec + 5, &st) == 0 &&
+            (uint64_t)st.st_ino == hs->ino)
+            unlink(hs->spec + 5);
+        close(hs->fd);
+        hs->fd = -1;
+    }
+}
+
+/* The caller's signal state, as the first image found it. */
+static void restore_point(sup_t *s, const mproc__handover_t *h)
+{
+    sigemptyset(&s->old_mask);
+    for (int sig = 1; sig <= 64 && sig < NSIG; sig++)
+        if (h->sigmask & (1ull << (sig - 1)))
+            sigaddset(&s->old_mask, sig);
+    memset(&s->old_chld, 0, sizeof s->old_chld);
+    memset(&s->old_pipe, 0, sizeof s->old_pipe);
+    s->old_chld.sa_handler = h->chld_ign ? SIG_IGN : SIG_DFL;
+    s->old_pipe.sa_handler = h->pipe_ign ? SIG_IGN : SIG_DFL;
+}
+
 int mproc_supervise(const mproc_supervisor_opts_t *opts)
 {
     if (!opts || (opts->worker != NULL) == (opts->argv != NULL) || (opts->argv && !opts->argv[0]) ||
@@ -833,9 +1150,23 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         (unsigned)opts->restart > MPROC_RESTART_NEVER || opts->graceful_timeout_ms < 0 ||
         opts->timeout_ms < 0 || opts->restart_window_ms < 0 || opts->max_restarts > 1000000)
         return -EINVAL;
+    for (size_t i = 0; i < opts->nbinds; i++)
+        if (!opts->binds[i])
+            return -EINVAL;
+    mproc__handover_t *h = NULL;
+    int rc = mproc__handover_claim(&h);
+    if (rc < 0) {
+        /* Cannot happen short of a bug: the old image wrote it. Without it
+         * the workers and sockets cannot be found; they end with us. */
+        say("the previous image's handover is unusable (%s): not starting", mproc_strerror(rc));
+        return rc;
+    }
+    rc = 0;
     sup_t *s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        mproc__handover_free(h);
         return -ENOMEM;
+    }
     s->o = *opts;
     s->notify_fd = s->sig_fd = s->ep = -1;
     if (!s->o.workers) {
@@ -853,7 +1184,9 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
         sigaddset(&s->blocked, sigs[i]);
     /* Blocked before anything else: a signal sent from now on waits in
-     * the signalfd, whatever the loop is doing. */
+     * the signalfd, whatever the loop is doing. (After an upgrade they
+     * were never unblocked: the mask survives exec, and what arrived
+     * meanwhile is still pending.) */
     pthread_sigmask(SIG_BLOCK, &s->blocked, &s->old_mask);
     /* SIGCHLD at SIG_IGN (inherited across exec) would make the kernel
      * reap workers behind the master's back; a closed stderr must not
@@ -861,23 +1194,25 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
     struct sigaction dfl = {.sa_handler = SIG_DFL}, ign = {.sa_handler = SIG_IGN};
     sigaction(SIGCHLD, &dfl, &s->old_chld);
     sigaction(SIGPIPE, &ign, &s->old_pipe);
+    if (h)
+        restore_point(s, h);
+    record_self(s);
 
-    int rc = 0;
     s->slots_cap = s->o.workers > 4 ? s->o.workers : 4;
     s->slots = calloc((size_t)s->slots_cap, sizeof *s->slots);
     s->restarts = calloc(s->o.max_restarts + 1, sizeof *s->restarts);
     if (!s->slots || !s->restarts)
         rc = -ENOMEM;
-    for (size_t i = 0; rc == 0 && i < opts->nbinds; i++) {
-        rc = bind_one(s, opts->binds[i]);
-        if (rc < 0)
-            say("cannot listen on %s: %s", opts->binds[i], mproc_strerror(rc));
-        else
-            say("listening on %s (fd %d in workers)",
-                bound_name(s->fds[s->nfds - 1], opts->binds[i]), 3 + (int)i);
-    }
-    if (rc == 0)
+    if (rc == 0 && h) {
+        say("master pid %d: re-executed, taking over %zu workers and %zu sockets", (int)getpid(),
+            h->nworkers, h->nsockets);
+        s->notify_fd = h->notify_fd;
+        h->notify_fd = -1;
+        snprintf(s->notify_dir, sizeof s->notify_dir, "%s", h->notify_dir);
+        snprintf(s->notify_path, sizeof s->notify_path, "%s/notify", s->notify_dir);
+    } else if (rc == 0) {
         rc = notify_open(s);
+    }
     if (rc == 0 && (s->sig_fd = signalfd(-1, &s->blocked, SFD_CLOEXEC | SFD_NONBLOCK)) < 0)
         rc = -errno;
     if (rc == 0 && (s->ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
@@ -888,26 +1223,61 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
     ev.data.ptr = &s->notify_fd;
     if (rc == 0 && epoll_ctl(s->ep, EPOLL_CTL_ADD, s->notify_fd, &ev) < 0)
         rc = -errno;
+    s->nslots = s->o.workers;
+    if (rc == 0 && h) /* from here on, a failure leaves them serving ("frozen") */
+        adopt_workers(s, h);
+    for (size_t i = 0; rc == 0 && i < opts->nbinds; i++) {
+        int taken = h && take_socket(s, h, opts->binds[i]);
+        if (!taken)
+            rc = bind_one(s, opts->binds[i]);
+        if (rc < 0)
+            say("cannot listen on %s: %s", opts->binds[i], mproc_strerror(rc));
+        else
+            say("listening on %s (fd %d in workers%s)",
+                bound_name(s->fds[s->nfds - 1], opts->binds[i]), 3 + (int)i,
+                taken ? ", kept from the previous image" : "");
+    }
+    if (h)
+        drop_sockets(h);
     if (rc == 0 && s->o.pidfile && (rc = write_pidfile(s->o.pidfile)) < 0)
         say("cannot write the pidfile %s: %s", s->o.pidfile, mproc_strerror(rc));
     s->wrote_pidfile = rc == 0 && s->o.pidfile;
-    if (rc < 0) {
+    if (rc == 0 && s->o.preload && (rc = s->o.preload(s->o.ctx)) != 0) {
+        say("preload failed (%d): not starting", rc);
+        rc = 1;
+    }
+    if (rc != 0 && h && s->workers && s->ep >= 0) {
+        say("the upgrade cannot start workers: the old ones go on serving, none will be "
+            "started (SIGUSR2 to try again, SIGTERM to stop)");
+        s->frozen = 1;
+        s->exit_code = 1;
+        for (int i = 0; i < s->nslots; i++)
+            if (!s->slots[i].current)
+                s->slots[i].empty = 1;
+        rc = 0;
+    }
+    mproc__handover_free(h);
+    if (rc != 0) {
         cleanup(s);
         free(s);
         return rc;
     }
-    if (s->o.preload && (rc = s->o.preload(s->o.ctx)) != 0) {
-        say("preload failed (%d): not starting", rc);
-        cleanup(s);
-        free(s);
-        return 1;
+    if (!s->frozen) {
+        say("master pid %d: %d workers of %s", (int)getpid(), s->nslots,
+            s->o.argv ? s->o.argv[0] : "a function (prefork)");
+        for (int i = 0; i < s->nslots; i++) {
+            worker_t *old = s->slots[i].current; /* taken over: waits for its successor */
+            if (old) {
+                old->succeeded_by = 1;
+                s->slots[i].current = NULL;
+            }
+            if (start_worker(s, i) < 0) {
+                if (old && reinstate(s, i))
+                    continue;
+                s->slots[i].restart_at = now_ms() + BACKOFF_FIRST_MS;
+            }
+        }
     }
-    s->nslots = s->o.workers;
-    say("master pid %d: %d workers of %s", (int)getpid(), s->nslots,
-        s->o.argv ? s->o.argv[0] : "a function (prefork)");
-    for (int i = 0; i < s->nslots; i++)
-        if (start_worker(s, i) < 0)
-            s->slots[i].restart_at = now_ms() + BACKOFF_FIRST_MS;
 
     while (!(s->stopping && !s->workers)) {
         int64_t t = next_timer(s);
@@ -934,6 +1304,8 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
             if (mproc_process_is_alive(exited[i]->p) <= 0) /* < 0: cannot tell: gone */
                 on_worker_exit(s, exited[i]);
         on_timers(s);
+        if (s->nreap)
+            reap_leftovers(s);
         int live = 0;
         for (int i = 0; i < s->nslots; i++)
             live += !s->slots[i].empty;

@@ -16,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,6 +32,9 @@
 #endif
 #ifndef SUP_WORKER
 #error "SUP_WORKER: path of tests/sup_worker"
+#endif
+#ifndef SUP_PREFORK
+#error "SUP_PREFORK: path of tests/sup_prefork"
 #endif
 
 typedef struct {
@@ -50,17 +56,36 @@ typedef struct {
 
 typedef struct {
     const char *const *argv;
+    const char *path; /* NULL: the mproc tool */
 } exec_arg_t;
 
 static int exec_master(void *arg)
 {
     const exec_arg_t *a = arg;
-    execv(MPROC_CLI, (char *const *)a->argv);
+    execv(a->path ? a->path : MPROC_CLI, (char *const *)a->argv);
     return 126;
 }
 
-/* Start `mproc run OPTS... -- sup_worker FIFO MODE`. */
-static int master_start(master_t *m, const char *const *opts, const char *mode)
+/* Run path with argv as a master whose stderr is m->err (m set up). */
+static int master_exec(master_t *m, const char *path, const char *const *argv)
+{
+    int ep[2];
+    if (pipe2(ep, O_CLOEXEC) < 0)
+        return -errno;
+    exec_arg_t a = {argv, path};
+    /* The child's stderr is the pipe: set it up around the fork. */
+    int saved = dup(2);
+    dup2(ep[1], 2);
+    m->pid = tu_fork(exec_master, &a, &m->pidfd);
+    dup2(saved, 2);
+    close(saved);
+    close(ep[1]);
+    m->err = ep[0];
+    fcntl(m->err, F_SETFL, O_NONBLOCK);
+    return m->pid > 0 ? 0 : (int)m->pid;
+}
+
+static int master_dir(master_t *m)
 {
     memset(m, 0, sizeof *m);
     m->pidfd = m->err = m->fifo = -1;
@@ -71,9 +96,16 @@ static int master_start(master_t *m, const char *const *opts, const char *mode)
     if (mkfifo(m->fifo_path, 0600) < 0)
         return -errno;
     m->fifo = open(m->fifo_path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    int ep[2];
-    if (m->fifo < 0 || pipe2(ep, O_CLOEXEC) < 0)
-        return -errno;
+    return m->fifo < 0 ? -errno : 0;
+}
+
+/* Start `mproc run OPTS... -- sup_worker FIFO MODE` (the tool at path,
+ * NULL: the one built). */
+static int master_start_at(master_t *m, const char *path, const char *const *opts, const char *mode)
+{
+    int rc = master_dir(m);
+    if (rc < 0)
+        return rc;
     const char *argv[32];
     int n = 0;
     argv[n++] = "mproc";
@@ -85,17 +117,12 @@ static int master_start(master_t *m, const char *const *opts, const char *mode)
     argv[n++] = m->fifo_path;
     argv[n++] = mode;
     argv[n] = NULL;
-    exec_arg_t a = {argv};
-    /* The child's stderr is the pipe: set it up around the fork. */
-    int saved = dup(2);
-    dup2(ep[1], 2);
-    m->pid = tu_fork(exec_master, &a, &m->pidfd);
-    dup2(saved, 2);
-    close(saved);
-    close(ep[1]);
-    m->err = ep[0];
-    fcntl(m->err, F_SETFL, O_NONBLOCK);
-    return m->pid > 0 ? 0 : (int)m->pid;
+    return master_exec(m, path, argv);
+}
+
+static int master_start(master_t *m, const char *const *opts, const char *mode)
+{
+    return master_start_at(m, NULL, opts, mode);
 }
 
 static void drain_log(master_t *m)
@@ -186,6 +213,14 @@ static void master_end(master_t *m)
     tu_close(&m->fifo);
     unlink(m->fifo_path);
     rmdir(m->dir);
+}
+
+/* SIGTERM: the master must exit 0. */
+static void master_stop_ok(master_t *m)
+{
+    TU_CHECK_OK(kill(m->pid, SIGTERM));
+    TU_CHECK_EQ_INT(master_wait(m, TU_T_MS), 0);
+    master_end(m);
 }
 
 /* 1 once pid has exited (a worker: through a pidfd). A worker orphaned
@@ -464,7 +499,7 @@ static void test_bad_usage(void)
         {"mproc", "run", "--bogus", "1", "--", "true"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        exec_arg_t a = {bad[i]};
+        exec_arg_t a = {bad[i], NULL};
         int status = TU_NO_CODE;
         int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
         int saved = dup(2);
@@ -582,6 +617,280 @@ static void test_prefork_library(void)
     }
 }
 
+/* ------------------------------------------------------------------ upgrade */
+
+static int log_count(master_t *m, const char *text)
+{
+    drain_log(m);
+    int n = 0;
+    for (const char *at = m->log; (at = strstr(at, text)); at += strlen(text))
+        n++;
+    return n;
+}
+
+/* Wait until the log holds text at least n times. */
+static int log_count_reaches(master_t *m, const char *text, int n, int timeout_ms)
+{
+    int64_t end = tu_now_ms() + timeout_ms;
+    while (log_count(m, text) < n) {
+        int left = (int)(end - tu_now_ms());
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {m->err, POLLIN, 0};
+        poll(&p, 1, left);
+        if (p.revents & POLLHUP)
+            return log_count(m, text) >= n;
+    }
+    return 1;
+}
+
+/* The port of the first "listening on 127.0.0.1:PORT" in the log. */
+static int log_port(master_t *m)
+{
+    if (!log_has(m, "listening on 127.0.0.1:", TU_T_MS))
+        return -1;
+    return atoi(strstr(m->log, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:"));
+}
+
+static int count_fds_of(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Children of pid that are zombies (nobody collected them). */
+static int zombies_of(pid_t pid)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t k = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (k < 0)
+        return -1;
+    buf[k] = '\0';
+    int n = 0;
+    for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+        char state = 0;
+        if (tu_proc_stat(atoi(tok), NULL, &state) == 0 && state == 'Z')
+            n++;
+    }
+    return n;
+}
+
+/* Connect to 127.0.0.1:port and read the answer to EOF: 0, or -errno. */
+static int ask(int port, char *out, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ? -errno : 0;
+    size_t len = 0;
+    while (rc == 0) {
+        if (tu_wait_readable(fd, TU_T_MS) != 1) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        ssize_t k = read(fd, out + len, cap - 1 - len);
+        if (k < 0)
+            rc = -errno;
+        if (k <= 0)
+            break;
+        len += (size_t)k;
+    }
+    close(fd);
+    out[len] = '\0';
+    return rc;
+}
+
+/* USR2 under `mproc run`: the same master pid re-executes itself, keeps
+ * the socket (same port) and the notify socket, starts a new generation
+ * and stops each old worker once its successor is ready; twice in a row,
+ * with no fd left behind. */
+static void test_upgrade_command(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "2",      "--ready",     "--graceful-timeout",
+                          "5",  "--bind", "127.0.0.1:0", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "ready"));
+    report_t old[2];
+    TU_REQUIRE(next_report(&m, &old[0], TU_T_MS) && next_report(&m, &old[1], TU_T_MS));
+    int port = log_port(&m);
+    TU_REQUIRE(port > 0);
+    TU_REQUIRE(log_count_reaches(&m, " ready\n", 2, TU_T_MS));
+    int fds_before = count_fds_of(m.pid);
+    for (int round = 1; round <= 2; round++) {
+        TU_CHECK_OK(kill(m.pid, SIGUSR2));
+        report_t neu[2];
+        TU_REQUIRE(next_report(&m, &neu[0], TU_T_MS) && next_report(&m, &neu[1], TU_T_MS));
+        char line[128];
+        snprintf(line, sizeof line, "mproc[%d]: master pid %d: re-executed, taking over 2 workers",
+                 (int)m.pid, (int)m.pid);
+        TU_CHECK(log_count_reaches(&m, line, round, TU_T_MS));
+        TU_CHECK(log_count(&m, "kept from the previous image") == round);
+        for (int i = 0; i < 2; i++) {
+            TU_CHECK_EQ_STR(neu[i].notify, old[0].notify); /* the same socket */
+            TU_CHECK_EQ_INT(neu[i].listen_fds, 1);
+            TU_CHECK_EQ_INT(neu[i].listening, 1);
+            /* Each old worker stops only after its successor is ready. */
+            int oldpid = old[0].id == neu[i].id ? old[0].pid : old[1].pid;
+            char ready[64], stop[96];
+            snprintf(ready, sizeof ready, "pid %d ready", neu[i].pid);
+            snprintf(stop, sizeof stop, "pid %d stopping (its successor is ready)", oldpid);
+            TU_CHECK(log_has(&m, ready, TU_T_MS) && log_has(&m, stop, TU_T_MS));
+            const char *a = strstr(m.log, ready), *b = strstr(m.log, stop);
+            if (!TU_CHECK(a && b && a < b))
+                fprintf(stderr, "  master's log:\n%s", m.log);
+            TU_CHECK(gone_within(oldpid, TU_T_MS));
+            snprintf(stop, sizeof stop, "pid %d exited", oldpid); /* and collected */
+            TU_CHECK(log_has(&m, stop, TU_T_MS));
+        }
+        TU_CHECK(neu[0].id != neu[1].id);
+        old[0] = neu[0];
+        old[1] = neu[1];
+        /* The same listening socket: still the same port. */
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        TU_CHECK_OK(connect(fd, (struct sockaddr *)&sa, sizeof sa));
+        close(fd);
+    }
+    TU_CHECK_EQ_INT(count_fds_of(m.pid), fds_before);
+    TU_CHECK_EQ_INT(zombies_of(m.pid), 0);
+    master_stop_ok(&m);
+}
+
+/* An executable that cannot be run any more: the master says so and goes
+ * on, workers untouched; HUP and TERM still work. */
+static void test_upgrade_exec_fails(void)
+{
+    master_t m;
+    TU_REQUIRE_OK(master_dir(&m));
+    char copy[128];
+    snprintf(copy, sizeof copy, "%s/mproc-copy", m.dir);
+    int in = open(MPROC_CLI, O_RDONLY | O_CLOEXEC),
+        out = open(copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
+    TU_REQUIRE(in >= 0 && out >= 0);
+    char buf[65536];
+    for (ssize_t k; (k = read(in, buf, sizeof buf)) > 0;)
+        TU_REQUIRE_OK(tu_write_full(out, buf, (size_t)k));
+    close(in);
+    close(out);
+    const char *argv[] = {"mproc", "run", "-w", "1", "--", SUP_WORKER, m.fifo_path, "wait", NULL};
+    TU_REQUIRE_OK(master_exec(&m, copy, argv));
+    report_t r, r2;
+    TU_REQUIRE(next_report(&m, &r, TU_T_MS));
+    TU_CHECK_OK(unlink(copy));
+    TU_CHECK_OK(kill(m.pid, SIGUSR2));
+    TU_CHECK(log_has(&m, "carrying on", TU_T_MS));
+    TU_CHECK(log_has(&m, "cannot re-execute", 0));
+    TU_CHECK_OK(kill(r.pid, 0)); /* untouched */
+    TU_CHECK_OK(kill(m.pid, SIGHUP));
+    TU_CHECK(next_report(&m, &r2, TU_T_MS) && r2.pid != r.pid);
+    TU_CHECK(gone_within(r.pid, TU_T_MS));
+    master_stop_ok(&m);
+}
+
+/* Ask until every one of `want` consecutive answers is version v (and
+ * none failed on the way): 1, or 0 on timeout or a failed request. */
+static int answers_become(int port, const char *v, int want, int *failed)
+{
+    int64_t end = tu_now_ms() + TU_T_MS;
+    int streak = 0;
+    while (streak < want && tu_now_ms() < end) {
+        char ans[128];
+        if (ask(port, ans, sizeof ans) != 0 || !strchr(ans, '\n')) {
+            (*failed)++;
+            streak = 0;
+            continue;
+        }
+        streak = strncmp(ans, v, strlen(v)) == 0 && ans[strlen(v)] == ' ' ? streak + 1 : 0;
+    }
+    return streak >= want;
+}
+
+/* The library's case, the reason USR2 exists: the master preloaded the
+ * application, so only a new image loads new code. Requests go on
+ * throughout and none fails; a new image whose preload fails leaves the
+ * old workers serving; the old image's resource tracker is collected. */
+static void test_upgrade_library(void)
+{
+    master_t m;
+    TU_REQUIRE_OK(master_dir(&m));
+    char vfile[128];
+    snprintf(vfile, sizeof vfile, "%s/version", m.dir);
+    FILE *f = fopen(vfile, "we");
+    TU_REQUIRE(f && fputs("v1\n", f) >= 0 && fclose(f) == 0);
+    const char *argv[] = {"sup_prefork", vfile, "2", NULL};
+    TU_REQUIRE_OK(master_exec(&m, SUP_PREFORK, argv));
+    TU_CHECK(log_has(&m, "sup_prefork upgraded=0", TU_T_MS));
+    int port = log_port(&m);
+    TU_REQUIRE(port > 0);
+    TU_REQUIRE(log_count_reaches(&m, " ready\n", 2, TU_T_MS));
+    int failed = 0;
+    TU_CHECK(answers_become(port, "v1", 5, &failed));
+    const char *versions[] = {"v2", "fail", "v3"};
+    for (int i = 0; i < 3; i++) {
+        f = fopen(vfile, "we");
+        TU_REQUIRE(f && fprintf(f, "%s\n", versions[i]) > 0 && fclose(f) == 0);
+        TU_CHECK_OK(kill(m.pid, SIGUSR2));
+        TU_CHECK(log_count_reaches(&m, "sup_prefork upgraded=1", i + 1, TU_T_MS));
+        if (strcmp(versions[i], "fail") == 0) {
+            TU_CHECK(log_has(&m, "the upgrade cannot start workers", TU_T_MS));
+            TU_CHECK(answers_become(port, "v2", 10, &failed)); /* the old ones serve */
+            TU_CHECK_OK(kill(m.pid, 0));
+            continue;
+        }
+        TU_CHECK(answers_become(port, versions[i], 20, &failed));
+    }
+    TU_CHECK_EQ_INT(failed, 0);
+    /* The old image's tracker ends with the last old worker: collected. */
+    int64_t end = tu_now_ms() + TU_T_MS;
+    while (zombies_of(m.pid) != 0 && tu_now_ms() < end)
+        tu_wait_readable(m.err, 20); /* the log moves when workers exit */
+    TU_CHECK_EQ_INT(zombies_of(m.pid), 0);
+    unlink(vfile);
+    master_stop_ok(&m);
+}
+
+/* A handover that is not whole (no "end" line): refused, nothing adopted. */
+static void test_upgrade_bad_handover(void)
+{
+    master_t m;
+    TU_REQUIRE_OK(master_dir(&m));
+    char path[128];
+    snprintf(path, sizeof path, "%s/handover", m.dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600); /* inherited: not CLOEXEC */
+    TU_REQUIRE(fd >= 0);
+    const char *text = "mproc-upgrade 1\nmask 0\nchld 0\npipe 0\nnotify 0 /tmp/x\n";
+    TU_REQUIRE_OK(tu_write_full(fd, text, strlen(text)));
+    unlink(path);
+    char v[16];
+    snprintf(v, sizeof v, "%d", fd);
+    setenv("MPROC_UPGRADE_FD", v, 1);
+    const char *argv[] = {"sup_prefork", "/nonexistent", "1", NULL};
+    int rc = master_exec(&m, SUP_PREFORK, argv);
+    unsetenv("MPROC_UPGRADE_FD");
+    close(fd);
+    TU_REQUIRE_OK(rc);
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 1);
+    TU_CHECK(strstr(m.log, "handover is unusable") != NULL);
+    TU_CHECK(strstr(m.log, "sup_prefork upgraded=1") != NULL);
+    master_end(&m);
+}
+
 static const tu_case_t cases[] = {
     TU_CASE(test_restart_same_slot_and_listen_fds),
     TU_CASE(test_term_then_kill),
@@ -595,6 +904,10 @@ static const tu_case_t cases[] = {
     TU_CASE(test_recycle),
     TU_CASE(test_bad_usage),
     TU_CASE(test_prefork_library),
+    TU_CASE(test_upgrade_command),
+    TU_CASE(test_upgrade_exec_fails),
+    TU_CASE(test_upgrade_library),
+    TU_CASE(test_upgrade_bad_handover),
     TU_END,
 };
 
