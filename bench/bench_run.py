@@ -10,6 +10,9 @@ Figures (n is what is repeated or counted):
              first answer from the new pid (both)
     reload   wrk -t2 -c32 for 6 s through n HUP reloads (4 workers):
              failed requests (socket errors + non-2xx) and requests/s
+    upgrade  the same through n binary upgrades (mproc: USR2, the master
+             re-executes itself; gunicorn: USR2 starts a new master, whose
+             workers boot, then TERM to the old master, as its docs say)
     ttin     n SIGTTINs (each followed by a TTOU): time from the signal to
              the new worker's "ready" log line (mproc) / first answer (gunicorn)
     timeout  n hung workers (mproc: --timeout 1, a worker that sends READY=1
@@ -389,7 +392,10 @@ def settle(srv: Server, seconds: float) -> None:
         srv.pump(end - time.monotonic())
 
 
-def run_wrk(srv: Server, port: int, hups: int) -> Dict[str, float]:
+def run_wrk(srv: Server, port: int, hups: int,
+            act: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+    """wrk for WRK_SECONDS; at hups evenly spaced moments, act(i) (default:
+    SIGHUP to the master)."""
     if not shutil.which("wrk"):
         raise BenchError("wrk is missing (Debian package wrk; scripts/deps.sh)")
     wrk = subprocess.Popen(
@@ -402,7 +408,10 @@ def run_wrk(srv: Server, port: int, hups: int) -> Dict[str, float]:
         at = t0 + WRK_SECONDS * (i + 1) / (hups + 1)
         while time.monotonic() < at:
             srv.pump(max(0.0, at - time.monotonic()))
-        os.kill(srv.pid, signal.SIGHUP)
+        if act:
+            act(i)
+        else:
+            os.kill(srv.pid, signal.SIGHUP)
     while wrk.poll() is None:
         srv.pump(0.1)
     out = wrk.stdout.read()
@@ -451,6 +460,85 @@ def gunicorn_reload(args, n: int) -> str:
         g.srv.kill_all()
         raise
     return reload_line(w, n)
+
+
+def mproc_upgrade(args, n: int) -> str:
+    m = Mproc(args, WORKERS, [args.http])
+    try:
+        m.wait_ready(WORKERS)
+        start = len(m.srv.lines)
+        sent: List[Tuple[int, int]] = []  # (time, log index) of each USR2
+
+        def upgrade(i: int) -> None:
+            m.srv.pump()
+            sent.append((now_ns(), len(m.srv.lines)))
+            os.kill(m.srv.pid, signal.SIGUSR2)
+
+        w = run_wrk(m.srv, m.port, n, upgrade)
+        deadline = time.monotonic() + 10
+        while m.srv.count(m.READY, start) < n * WORKERS and time.monotonic() < deadline:
+            m.srv.pump(0.1)
+        # Every upgrade by the same pid, each with a generation ready.
+        ups = m.srv.count(rf"mproc\[{m.srv.pid}\]: master pid {m.srv.pid}: re-executed", start)
+        if ups != n or m.srv.count(m.READY, start) < n * WORKERS:
+            raise BenchError(f"{ups} upgrades of {n}, "
+                             f"{m.srv.count(m.READY, start)} new workers ready")
+        # Each upgrade's time: USR2 to the last of the new generation ready.
+        took = []
+        for t0, at in sent:
+            t = t0
+            for _ in range(WORKERS):
+                t, _, at = m.srv.wait_line(m.READY, at)
+                at += 1
+            took.append(t - t0)
+        m.srv.stop()
+    except BaseException:
+        m.srv.kill_all()
+        raise
+    return reload_line(w, n) + " " + ms_line(took, n).rsplit(" n=", 1)[0]
+
+
+def children_of(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def gunicorn_upgrade(args, n: int) -> str:
+    g = Gunicorn(WORKERS)
+    master = [g.srv.pid]
+    took: List[int] = []  # USR2 to the new master's workers booted (log)
+
+    def upgrade(i: int) -> None:
+        old = master[0]
+        booted = g.srv.count(r"Booting worker with pid")
+        t0 = now_ns()
+        os.kill(old, signal.SIGUSR2)
+        deadline = time.monotonic() + 20
+        new = 0
+        while not new:  # the new master (forked by the old one) has booted its workers
+            if g.srv.count(r"Booting worker with pid") >= booted + WORKERS:
+                new = next((c for c in children_of(old) if len(children_of(c)) >= WORKERS), 0)
+                t_up = g.srv.lines[-1][0]
+            if time.monotonic() > deadline:
+                raise BenchError(f"gunicorn upgrade {i}: no new master with {WORKERS} workers")
+            g.srv.pump(0.02)
+        took.append(t_up - t0)
+        os.kill(old, signal.SIGTERM)  # graceful: its workers finish what they hold
+        master[0] = new
+
+    try:
+        g.wait_up()
+        w = run_wrk(g.srv, g.port, n, upgrade)
+        if master[0] != g.srv.pid:
+            os.kill(master[0], signal.SIGTERM)
+        g.srv.stop()
+    except BaseException:
+        g.srv.kill_all()
+        raise
+    return reload_line(w, n) + " " + ms_line(took, n).rsplit(" n=", 1)[0]
 
 
 def reload_line(w: Dict[str, float], n: int) -> str:
@@ -661,6 +749,7 @@ MODES = {
     "mproc-prefork": mproc_prefork,
     "mproc-replace": mproc_replace, "gunicorn-replace": gunicorn_replace,
     "mproc-reload": mproc_reload, "gunicorn-reload": gunicorn_reload,
+    "mproc-upgrade": mproc_upgrade, "gunicorn-upgrade": gunicorn_upgrade,
     "mproc-ttin": mproc_ttin, "gunicorn-ttin": gunicorn_ttin,
     "mproc-timeout": mproc_timeout, "gunicorn-timeout": gunicorn_timeout,
     "mproc-idle": mproc_idle, "gunicorn-idle": gunicorn_idle,

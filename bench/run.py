@@ -612,6 +612,7 @@ def pool_figures() -> List[Figure]:
 RUN_ITERATIONS = {
     "replace": {"mproc": (20, 8), "gunicorn": (20, 8)},
     "reload": {"mproc": (3, 3), "gunicorn": (3, 3)},
+    "upgrade": {"mproc": (3, 3), "gunicorn": (3, 3)},
     "ttin": {"mproc": (20, 8), "gunicorn": (20, 8)},
     "timeout": {"mproc": (5, 3), "gunicorn": (5, 3)},
     "idle": {"mproc": (1000, 1000), "gunicorn": (300, 300)},
@@ -673,6 +674,23 @@ def run_figures() -> List[Figure]:
             targets=(Target("mproc = 0", absolute(rl, "mproc"), 0, unit="failed"),),
             metric="failed",
             unit="failed",
+        ),
+        Figure(
+            key="run.upgrade.failed",
+            title="run: failed requests, wrk -c32 6 s through 3 binary upgrades (USR2; "
+                  "gunicorn: USR2, then TERM to the old master)",
+            **cmds("upgrade"),
+            targets=(Target("mproc = 0", absolute("run.upgrade.failed", "mproc"), 0,
+                            unit="failed"),),
+            metric="failed",
+            unit="failed",
+        ),
+        Figure(
+            key="run.upgrade.time",
+            title="run: USR2 -> new generation of 4 up (mproc: last READY=1, under that wrk "
+                  "load; gunicorn: last worker booted)",
+            **cmds("upgrade"),
+            **ms,
         ),
         Figure(
             key="run.reload.rps",

@@ -1076,6 +1076,19 @@ static void step_run(void)
         http_get(port, body, sizeof body);
         printf("   HUP: 4 new workers ready, then the 4 old ones stopped; GET / -> \"%s\"\n", body);
         expect(reloaded && body[0], "the reload replaced every worker without a gap");
+
+        /* USR2: the master re-executes itself in place and hands over. */
+        t0 = now_ms_demo();
+        kill(r.pid, SIGUSR2);
+        int upgraded = run_wait_for(&r, "re-executed, taking over 4 workers", 1, REPORT_MS) &&
+                       run_wait_for(&r, "stopping (its successor is ready)", 8, REPORT_MS);
+        long long took = (long long)(now_ms_demo() - t0);
+        http_get(port, body, sizeof body);
+        printf("   USR2: the master (still pid %d) re-executed its binary, kept the socket and\n"
+               "   the old workers, started 4 new ones and stopped the old (%lld ms);\n"
+               "   GET / -> \"%s\"\n",
+               (int)r.pid, took, body);
+        expect(upgraded && body[0], "the upgrade in place replaced every worker without a gap");
     }
     /* Graceful stop. */
     if (rc == 0) {

@@ -1,12 +1,14 @@
 #!/bin/bash
 # run_reload.sh MPROC HTTP_PREFORK - `mproc run` serving the prefork HTTP
-# example under load from wrk, through 5 HUP reloads (new generation up,
-# READY=1, before the old one stops): every request must succeed (wrk:
-# no socket errors, no non-2xx), and after a graceful stop nothing is
-# left: no worker, no listening socket, no counter segment.
+# example under load from wrk, through 5 HUP reloads and then 2 USR2
+# upgrades (the master re-executes itself; each time a new generation is
+# up, READY=1, before the old one stops): every request must succeed
+# (wrk: no socket errors, no non-2xx), the master keeps its pid, and
+# after a graceful stop nothing is left: no worker, no listening socket,
+# no counter segment.
 #
 # Needs wrk (Debian package; scripts/deps.sh installs it): exits 77
-# (skipped) without it. Bounded: wrk runs 7 s, every wait has a limit.
+# (skipped) without it. Bounded: wrk runs 9 s, every wait has a limit.
 set -u
 
 MPROC=${1:?usage: run_reload.sh MPROC HTTP_PREFORK}
@@ -44,18 +46,20 @@ done
 [ -n "$port" ] || fail "no port in the master's log: $(cat "$work/log")"
 [ "$(cat "$work/pid")" = "$master" ] || fail "pidfile holds $(cat "$work/pid"), master is $master"
 
-wrk -t2 -c32 -d7s "http://127.0.0.1:$port/" >"$work/wrk" 2>&1 &
+wrk -t2 -c32 -d9s "http://127.0.0.1:$port/" >"$work/wrk" 2>&1 &
 wrk_pid=$!
 sleep 1
-for i in 1 2 3 4 5; do
-    kill -HUP "$master" || fail "HUP $i"
+i=0
+for sig in HUP HUP HUP HUP HUP USR2 USR2; do
+    i=$((i + 1))
+    kill -"$sig" "$master" || fail "$sig ($i)"
     # The next reload only once this one is done: 2 more workers ready.
     want=$((2 + 2 * i))
     for _ in $(seq 1 200); do
         [ "$(grep -c ' ready$' "$work/log")" -ge "$want" ] && break
         sleep 0.05
     done
-    [ "$(grep -c ' ready$' "$work/log")" -ge "$want" ] || fail "reload $i: new workers not ready"
+    [ "$(grep -c ' ready$' "$work/log")" -ge "$want" ] || fail "$sig ($i): new workers not ready"
     sleep 0.5
 done
 wait "$wrk_pid"
@@ -64,6 +68,8 @@ grep -q "requests in" "$work/wrk" || fail "wrk did not run"
 grep -q "Socket errors" "$work/wrk" && fail "socket errors during the reloads"
 grep -q "Non-2xx" "$work/wrk" && fail "non-2xx responses during the reloads"
 [ "$(grep -c 'reload: starting a new generation' "$work/log")" = 5 ] || fail "not 5 reloads"
+[ "$(grep -c "mproc\[$master\]: master pid $master: re-executed" "$work/log")" = 2 ] ||
+    fail "not 2 upgrades by the same pid"
 
 kill -TERM "$master"
 for _ in $(seq 1 200); do
@@ -79,4 +85,4 @@ grep -q "master exits with status 0" "$work/log" || fail "no clean exit in the l
 for pid in $(sed -n 's/.*worker [0-9]* pid \([0-9]*\) started.*/\1/p' "$work/log"); do
     kill -0 "$pid" 2>/dev/null && fail "worker $pid left behind"
 done
-echo "ok: 5 reloads under load, no failed request"
+echo "ok: 5 reloads and 2 upgrades under load, no failed request"
