@@ -538,6 +538,34 @@ static int reinstate(sup_t *s, int slot)
     return 0;
 }
 
+/* A new generation (reload, upgrade, recycle) that crash-loops while the
+ * workers it was to replace still run: those stay in charge, and the
+ * successors not yet ready are stopped. A bad deploy then costs nothing
+ * but the log line. The number of slots handed back. */
+static int abandon_reload(sup_t *s)
+{
+    int back = 0;
+    for (int i = 0; i < s->nslots; i++) {
+        worker_t *old = NULL;
+        for (worker_t *o = s->workers; o; o = o->next)
+            if (o->slot == i && o->succeeded_by && !o->kill_at)
+                old = o;
+        if (!old)
+            continue;
+        worker_t *cur = s->slots[i].current;
+        if (cur && !cur->ready)
+            retire(s, cur, "its generation crash-loops");
+        else if (cur)
+            continue; /* ready: it takes over as planned */
+        s->slots[i].restart_at = 0;
+        reinstate(s, i);
+        back++;
+    }
+    if (back)
+        s->nrestarts = 0; /* the old generation starts with a clean slate */
+    return back;
+}
+
 static void on_worker_exit(sup_t *s, worker_t *w)
 {
     int code = 0;
@@ -557,8 +585,10 @@ static void on_worker_exit(sup_t *s, worker_t *w)
         say("worker %d pid %d exited, %s", slot, pid, st);
         return;
     }
-    if (!was_current)
+    if (!was_current) {
+        say("worker %d pid %d exited, %s (a successor is on its way)", slot, pid, st);
         return;
+    }
     if (s->frozen) {
         sl->empty = 1;
         say("worker %d pid %d exited, %s: not restarted (the upgrade could not start workers)",
@@ -584,6 +614,12 @@ static void on_worker_exit(sup_t *s, worker_t *w)
         return;
     }
     if (too_many_restarts(s)) {
+        if (abandon_reload(s)) {
+            say("crash loop in the new generation: more than %u restarts within %d s: the old "
+                "workers stay, the reload is abandoned",
+                s->o.max_restarts, s->o.restart_window_ms / 1000);
+            return;
+        }
         say("crash loop: more than %u restarts within %d s: stopping everything", s->o.max_restarts,
             s->o.restart_window_ms / 1000);
         begin_stop(s, 1, 1);

@@ -12,7 +12,8 @@
  * fail (exit 1 at once), ok (exit 0 at once), exit3, ready (send READY=1,
  * then wait), silent (never notify, wait), beat (READY=1, then WATCHDOG=1
  * every 50 ms), recycle (READY=1, and MPROC_RECYCLE=1 if it is the first
- * worker to create FIFO.recycled; then wait).
+ * worker to create FIFO.recycled; then wait), ready-unless-broken (exit 1
+ * at once if FIFO.broken exists, else as ready: a bad deploy).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -86,6 +87,13 @@ int main(int argc, char **argv)
 
     if (strcmp(mode, "fail") == 0)
         return 1;
+    if (strcmp(mode, "ready-unless-broken") == 0) {
+        char marker[600];
+        snprintf(marker, sizeof marker, "%s.broken", argv[1]);
+        if (access(marker, F_OK) == 0)
+            return 1;
+        mode = "ready";
+    }
     if (strcmp(mode, "ok") == 0)
         return 0;
     if (strcmp(mode, "exit3") == 0)

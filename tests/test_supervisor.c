@@ -156,6 +156,31 @@ static int log_has(master_t *m, const char *text, int timeout_ms)
     }
 }
 
+static int log_count(master_t *m, const char *text)
+{
+    drain_log(m);
+    int n = 0;
+    for (const char *at = m->log; (at = strstr(at, text)); at += strlen(text))
+        n++;
+    return n;
+}
+
+/* Wait until the log holds text at least n times. */
+static int log_count_reaches(master_t *m, const char *text, int n, int timeout_ms)
+{
+    int64_t end = tu_now_ms() + timeout_ms;
+    while (log_count(m, text) < n) {
+        int left = (int)(end - tu_now_ms());
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {m->err, POLLIN, 0};
+        poll(&p, 1, left);
+        if (p.revents & POLLHUP)
+            return log_count(m, text) >= n;
+    }
+    return 1;
+}
+
 /* The next worker report within timeout_ms: 1, or 0 on timeout. */
 static int next_report(master_t *m, report_t *r, int timeout_ms)
 {
@@ -490,6 +515,46 @@ static void test_reload_ready(void)
     master_end(&m);
 }
 
+/* A reload whose new generation crash-loops (a bad deploy): the old
+ * workers stay in charge and the master goes on; once fixed, a reload
+ * works. */
+static void test_reload_crash_loop(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "2", "--ready", "--max-restarts", "3", "--graceful-timeout", "5",
+                          NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "ready-unless-broken"));
+    report_t old[2], r;
+    TU_REQUIRE(next_report(&m, &old[0], TU_T_MS) && next_report(&m, &old[1], TU_T_MS));
+    TU_REQUIRE(log_count_reaches(&m, " ready\n", 2, TU_T_MS));
+    char broken[128];
+    snprintf(broken, sizeof broken, "%s.broken", m.fifo_path);
+    int fd = open(broken, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    TU_REQUIRE(fd >= 0);
+    close(fd);
+    TU_CHECK_OK(kill(m.pid, SIGHUP));
+    TU_CHECK(log_has(&m, "crash loop in the new generation", TU_T_MS));
+    TU_CHECK(strstr(m.log, "stopping everything") == NULL);
+    for (int i = 0; i < 2; i++) {
+        char stays[64];
+        snprintf(stays, sizeof stays, "pid %d stays", old[i].pid);
+        TU_CHECK(log_has(&m, stays, TU_T_MS));
+        TU_CHECK_OK(kill(old[i].pid, 0));
+    }
+    while (next_report(&m, &r, 0)) /* the failed starts' reports */
+        ;
+    /* Fixed: the next reload replaces both. */
+    TU_CHECK_OK(unlink(broken));
+    TU_CHECK_OK(kill(m.pid, SIGHUP));
+    for (int i = 0; i < 2; i++) {
+        char stop[96];
+        snprintf(stop, sizeof stop, "pid %d stopping (its successor is ready)", old[i].pid);
+        TU_CHECK(log_has(&m, stop, TU_T_MS));
+        TU_CHECK(gone_within(old[i].pid, TU_T_MS));
+    }
+    master_stop_ok(&m);
+}
+
 static void test_bad_usage(void)
 {
     const char *bad[][7] = {
@@ -618,31 +683,6 @@ static void test_prefork_library(void)
 }
 
 /* ------------------------------------------------------------------ upgrade */
-
-static int log_count(master_t *m, const char *text)
-{
-    drain_log(m);
-    int n = 0;
-    for (const char *at = m->log; (at = strstr(at, text)); at += strlen(text))
-        n++;
-    return n;
-}
-
-/* Wait until the log holds text at least n times. */
-static int log_count_reaches(master_t *m, const char *text, int n, int timeout_ms)
-{
-    int64_t end = tu_now_ms() + timeout_ms;
-    while (log_count(m, text) < n) {
-        int left = (int)(end - tu_now_ms());
-        if (left <= 0)
-            return 0;
-        struct pollfd p = {m->err, POLLIN, 0};
-        poll(&p, 1, left);
-        if (p.revents & POLLHUP)
-            return log_count(m, text) >= n;
-    }
-    return 1;
-}
 
 /* The port of the first "listening on 127.0.0.1:PORT" in the log. */
 static int log_port(master_t *m)
@@ -902,6 +942,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_ttin_ttou),
     TU_CASE(test_reload_ready),
     TU_CASE(test_recycle),
+    TU_CASE(test_reload_crash_loop),
     TU_CASE(test_bad_usage),
     TU_CASE(test_prefork_library),
     TU_CASE(test_upgrade_command),
