@@ -1101,10 +1101,11 @@ unsigned mproc_pool_workers_started(const mproc_pool_t *pool);
  * then SIGKILL after the graceful timeout) and return 0; QUIT kills every
  * worker at once and returns 0; HUP starts a new generation and stops the
  * old one once the new one is up (ready, with opts.ready); TTIN and TTOU
- * add and remove one worker; USR2 re-executes the master's own executable
- * with its own arguments (same pid), and the new image takes the sockets
- * and workers over, starts its own generation and retires the old one as
- * HUP does (docs/supervisor.md, "Upgrading in place"). Workers die with
+ * add and remove one worker; with opts.upgrade, USR2 re-executes the
+ * master's own executable with its own arguments (same pid), and the new
+ * image takes the sockets and workers over, starts its own generation and
+ * retires the old one as HUP does (docs/supervisor.md, "Upgrading in
+ * place"). Workers die with
  * the master (PDEATHSIG), however it dies. One line per event goes to
  * stderr.
  */
@@ -1143,6 +1144,12 @@ typedef struct {
     int timeout_ms;          /* kill a worker silent this long (0: never) */
     int ready;               /* a worker is up only once it sent READY=1  */
     const char *pidfile;     /* NULL: none                                 */
+    /* 1: SIGUSR2 re-executes this program in place (same pid, same
+     * arguments, from main() again: call mproc_init(&argc, &argv) first),
+     * and its next mproc_supervise takes the sockets and workers over
+     * (docs/supervisor.md, "Upgrading in place"). 0: USR2 is ignored.
+     * `mproc run` sets it. */
+    int upgrade;
 } mproc_supervisor_opts_t;
 
 /*

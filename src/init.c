@@ -21,7 +21,8 @@ int mproc_init(int *argc, char ***argv)
     void *buf = NULL;
     int sock;
     if (!mproc__spawn_receive(&req, &buf, &sock)) {
-        mproc__handover_early(); /* a re-executed supervisor's, if any */
+        if (argc && argv && *argv)
+            mproc__upgrade_record(*argc, *argv); /* for a supervisor's upgrade */
         return 0;
     }
 

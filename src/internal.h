@@ -330,7 +330,7 @@ typedef struct {
     size_t nsockets;
     mproc__handover_worker_t *workers;
     size_t nworkers;
-    pid_t reap[8]; /* the old image's helpers: reaped when they end */
+    pid_t reap[32]; /* old images' helpers: collected when they end */
     size_t nreap;
 } mproc__handover_t;
 
@@ -346,8 +346,13 @@ void mproc__handover_free(mproc__handover_t *h);
 /* Name fd in the environment for the next image; undo that. */
 int mproc__handover_env(int fd);
 void mproc__handover_env_clear(void);
-/* mproc_init: take the handover before main runs anything. */
+/* Take the handover (a constructor does, before main). */
 void mproc__handover_early(void);
+/* mproc_init: remember main's arguments and working directory. */
+void mproc__upgrade_record(int argc, char **argv);
+/* What mproc_init recorded (NULLs if it was not called), and 1 if this is
+ * the process main() runs in (0: a forked copy, which must not re-run main). */
+int mproc__upgrade_self(char *const **argv, const char **cwd);
 /* The supervisor: the handover taken (1), none (0), or an error. */
 int mproc__handover_claim(mproc__handover_t **out);
 

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -504,7 +505,20 @@ int mproc__process_adopt(mproc_process_t **out, pid_t pid, int life_fd, const ch
     }
     pthread_once(&registry_once, registry_install);
     mproc__set_cloexec(life_fd, 1);
-    if (mproc__have_pidfd())
+    /* The old image may have been a build without pidfds (an exit pipe):
+     * then open one. Without pidfds here, a pidfd handed over polls as an
+     * exit pipe does (readable once the child exited). */
+    struct stat st;
+    int is_pipe = fstat(life_fd, &st) == 0 && S_ISFIFO(st.st_mode);
+    if (is_pipe && mproc__have_pidfd()) {
+        int pidfd = mproc__pidfd_open(pid);
+        if (pidfd >= 0) {
+            close(life_fd);
+            life_fd = pidfd;
+            is_pipe = 0;
+        }
+    }
+    if (mproc__have_pidfd() && !is_pipe)
         p->pidfd = life_fd;
     else
         p->exit_pipe = life_fd;

@@ -78,9 +78,16 @@ typedef struct {
 } slot_t;
 
 typedef struct {
+    int fd;
+    uint64_t ino; /* a unix socket's file: removed at exit only if still it */
+    char *path;   /* that file (unix: binds), else NULL */
+    char *spec;   /* the --bind text it was made from */
+} listener_t;
+
+typedef struct {
     mproc_supervisor_opts_t o;
-    int nfds, fds[BINDS_MAX];
-    char *unix_paths[BINDS_MAX];
+    listener_t socks[BINDS_MAX];
+    int nfds;
     char notify_dir[64], notify_path[96];
     int notify_fd, sig_fd, ep;
     slot_t *slots;
@@ -93,12 +100,12 @@ typedef struct {
     int wrote_pidfile;
     sigset_t blocked, old_mask;
     struct sigaction old_chld, old_pipe;
-    uint64_t unix_ino[BINDS_MAX]; /* the socket files we made */
-    char *exe;                    /* this executable, for an upgrade  */
-    char **self_argv;             /* and its arguments (/proc)         */
-    char *self_args;              /* the storage self_argv points into */
+    char *exe, *cwd;              /* an upgrade execs exe in cwd ...   */
+    char *const *exec_argv;       /* ... with these arguments           */
+    char **self_argv, *self_args; /* exec_argv read from /proc, if so   */
+    const char *no_upgrade;       /* why USR2 cannot re-execute, or NULL */
     int frozen;                   /* an upgrade that cannot start workers */
-    pid_t reap[8];                /* an old image's helpers, to collect */
+    pid_t reap[32];               /* old images' helpers, to collect */
     size_t nreap;
 } sup_t;
 
@@ -145,6 +152,15 @@ static void status_text(int code, char *buf, size_t cap)
 
 /* ---- listening sockets -------------------------------------------------------- */
 
+static void add_listener(sup_t *s, int fd, uint64_t ino, const char *path, const char *spec)
+{
+    listener_t *l = &s->socks[s->nfds++];
+    l->fd = fd;
+    l->ino = ino;
+    l->path = path ? strdup(path) : NULL;
+    l->spec = strdup(spec); /* NULL only without memory: an upgrade then drops it */
+}
+
 static int bind_one(sup_t *s, const char *spec)
 {
     int fd;
@@ -178,9 +194,7 @@ static int bind_one(sup_t *s, const char *spec)
             close(fd);
             return e;
         }
-        s->unix_ino[s->nfds] = (uint64_t)st.st_ino;
-        s->unix_paths[s->nfds] = strdup(path);
-        s->fds[s->nfds++] = fd;
+        add_listener(s, fd, (uint64_t)st.st_ino, path, spec);
         return 0;
     }
     /* HOST:PORT or [IPV6]:PORT */
@@ -234,7 +248,7 @@ static int bind_one(sup_t *s, const char *spec)
         close(fd);
         return e;
     }
-    s->fds[s->nfds++] = fd;
+    add_listener(s, fd, 0, NULL, spec);
     return 0;
 }
 
@@ -345,7 +359,7 @@ static void on_notify(sup_t *s)
             } else if (strcmp(line, "WATCHDOG=1") == 0) {
                 w->beat = now_ms();
             } else if (strcmp(line, "MPROC_RECYCLE=1") == 0 && !w->succeeded_by &&
-                       s->slots[w->slot].current == w && !s->stopping) {
+                       s->slots[w->slot].current == w && !s->stopping && !s->frozen) {
                 say("worker %d pid %d asks to be replaced", w->slot, (int)w->pid);
                 w->succeeded_by = 1;
                 s->slots[w->slot].current = NULL;
@@ -376,7 +390,7 @@ static int worker_main(const void *arg, size_t len)
      * dup2 onto itself would keep close-on-exec: never do that). */
     int tmp[BINDS_MAX];
     for (int i = 0; i < n; i++) {
-        tmp[i] = fcntl(s->fds[i], F_DUPFD_CLOEXEC, 3 + n);
+        tmp[i] = fcntl(s->socks[i].fd, F_DUPFD_CLOEXEC, 3 + n);
         if (tmp[i] < 0)
             _exit(127);
     }
@@ -734,23 +748,12 @@ static void shrink(sup_t *s)
 
 /* ---- upgrading in place (SIGUSR2) ---------------------------------------- */
 
-/* What to exec on SIGUSR2: the path this executable was started from (a
- * package upgrade renames a new file there) and the arguments it was given,
- * read now: by the time of the signal the old file may be gone. */
-static void record_self(sup_t *s)
+/* /proc/self/cmdline as an argv (storage in *args), or NULL. */
+static char **read_cmdline(char **args)
 {
-    char path[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
-    if (n <= 0)
-        return;
-    path[n] = '\0';
-    const char *gone = " (deleted)"; /* replaced before we started: the path holds the new one */
-    size_t glen = strlen(gone);
-    if ((size_t)n > glen && strcmp(path + n - glen, gone) == 0)
-        path[n - glen] = '\0';
     int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return;
+        return NULL;
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
     for (ssize_t got = 1; buf && got > 0;) {
@@ -773,7 +776,7 @@ static void record_self(sup_t *s)
     close(fd);
     if (!buf || len == 0) {
         free(buf);
-        return;
+        return NULL;
     }
     buf[len] = '\0';
     size_t argc = 0;
@@ -781,19 +784,50 @@ static void record_self(sup_t *s)
         argc += buf[i] == '\0';
     argc += buf[len - 1] != '\0'; /* a last argument without its NUL */
     char **argv = calloc(argc + 1, sizeof *argv);
-    s->exe = strdup(path);
-    if (!argv || !s->exe) {
-        free(argv);
+    if (!argv) {
         free(buf);
-        free(s->exe);
-        s->exe = NULL;
-        return;
+        return NULL;
     }
     size_t k = 0;
     for (size_t i = 0; i < len && k < argc; i += strlen(buf + i) + 1)
         argv[k++] = buf + i;
-    s->self_argv = argv;
-    s->self_args = buf;
+    *args = buf;
+    return argv;
+}
+
+/* What to exec on SIGUSR2, decided now (by then the old file may be gone):
+ * main's arguments (as mproc_init saw them, else /proc/self/cmdline) in
+ * main's working directory, and argv[0] when it is a path (a symlink
+ * switched to a new release is followed then), else the file this
+ * executable was started from (a package upgrade renames a new one there). */
+static void record_self(sup_t *s)
+{
+    char *const *argv;
+    const char *cwd;
+    if (!mproc__upgrade_self(&argv, &cwd)) {
+        s->no_upgrade = "this process is a fork of the one main() runs in";
+        return;
+    }
+    if (!argv)
+        argv = s->self_argv = read_cmdline(&s->self_args);
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    const char *gone = " (deleted)"; /* replaced before we started: the path holds the new one */
+    size_t glen = strlen(gone);
+    if (n > 0) {
+        path[n] = '\0';
+        if ((size_t)n > glen && strcmp(path + n - glen, gone) == 0)
+            path[n - glen] = '\0';
+    }
+    char here[PATH_MAX];
+    s->cwd = strdup(cwd ? cwd : getcwd(here, sizeof here) ? here : "/");
+    if (argv && argv[0] && strchr(argv[0], '/'))
+        s->exe = strdup(argv[0]);
+    else if (n > 0)
+        s->exe = strdup(path);
+    s->exec_argv = argv;
+    if (!s->exe || !s->cwd || !argv)
+        s->no_upgrade = "this executable's path and arguments could not be found at start";
 }
 
 static uint64_t mask_bits(const sigset_t *set)
@@ -809,16 +843,19 @@ static void set_workers_cloexec(sup_t *s, int on)
 {
     mproc__set_cloexec(s->notify_fd, on);
     for (int i = 0; i < s->nfds; i++)
-        mproc__set_cloexec(s->fds[i], on);
+        mproc__set_cloexec(s->socks[i].fd, on);
     for (worker_t *w = s->workers; w; w = w->next)
         mproc__set_cloexec(mproc_process_fd(w->p), on);
 }
 
 static void upgrade(sup_t *s)
 {
-    if (!s->exe) {
-        say("SIGUSR2: cannot re-execute: this executable's path and arguments could not be read "
-            "from /proc at start");
+    if (!s->o.upgrade) {
+        say("SIGUSR2: ignored (upgrades in place are not enabled)");
+        return;
+    }
+    if (s->no_upgrade) {
+        say("SIGUSR2: cannot re-execute: %s", s->no_upgrade);
         return;
     }
     mproc__handover_t h;
@@ -829,8 +866,9 @@ static void upgrade(sup_t *s)
     h.notify_fd = s->notify_fd;
     snprintf(h.notify_dir, sizeof h.notify_dir, "%s", s->notify_dir);
     for (int i = 0; i < s->nfds; i++)
-        h.sockets[h.nsockets++] =
-            (mproc__handover_socket_t){s->fds[i], s->unix_ino[i], (char *)s->o.binds[i]};
+        if (s->socks[i].spec)
+            h.sockets[h.nsockets++] =
+                (mproc__handover_socket_t){s->socks[i].fd, s->socks[i].ino, s->socks[i].spec};
     size_t n = 0;
     for (worker_t *w = s->workers; w; w = w->next)
         n++;
@@ -850,7 +888,7 @@ static void upgrade(sup_t *s)
                                        !w->kill_at         ? -1
                                        : w->kill_at <= now ? 0
                                                            : (int)(w->kill_at - now)};
-    for (size_t i = 0; i < s->nreap; i++)
+    for (size_t i = 0; i < s->nreap && h.nreap < MPROC__ARRAY_LEN(h.reap); i++)
         h.reap[h.nreap++] = s->reap[i];
     pid_t helpers[2] = {mproc_tracker_pid(), mproc_forkserver_pid()};
     for (size_t i = 0; i < 2 && h.nreap < MPROC__ARRAY_LEN(h.reap); i++)
@@ -872,8 +910,17 @@ static void upgrade(sup_t *s)
     set_workers_cloexec(s, 0);
     mproc__set_cloexec(fd, 0);
     fflush(NULL); /* the caller's buffered output would die with this image */
-    execv(s->exe, s->self_argv);
-    int e = errno;
+    int here = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int e = chdir(s->cwd) < 0 ? errno : 0;
+    if (e == 0) {
+        execv(s->exe, s->exec_argv);
+        e = errno;
+    }
+    if (here >= 0) {
+        if (fchdir(here) < 0)
+            say("SIGUSR2: cannot return to the working directory: %s", strerror(errno));
+        close(here);
+    }
     set_workers_cloexec(s, 1);
     mproc__handover_env_clear();
     close(fd);
@@ -883,8 +930,22 @@ static void upgrade(sup_t *s)
 /* The new image: take over the workers the old one handed over. Each
  * slot's current worker (or, mid-reload, the one still in charge) stays
  * until its successor is up; the rest are on their way out. */
-static void adopt_workers(sup_t *s, const mproc__handover_t *h)
+static int adopt_workers(sup_t *s, const mproc__handover_t *h)
 {
+    /* Every slot a worker is in must exist here, even one beyond this
+     * image's count (a TTIN since the first start): those are retired. */
+    int top = s->nslots - 1;
+    for (size_t i = 0; i < h->nworkers; i++)
+        if (h->workers[i].slot > top)
+            top = h->workers[i].slot;
+    if (top >= s->slots_cap) {
+        slot_t *n = realloc(s->slots, (size_t)(top + 1) * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        memset(n + s->slots_cap, 0, (size_t)(top + 1 - s->slots_cap) * sizeof *n);
+        s->slots = n;
+        s->slots_cap = top + 1;
+    }
     int64_t now = now_ms();
     for (size_t i = 0; i < h->nworkers; i++) {
         const mproc__handover_worker_t *hw = &h->workers[i];
@@ -944,8 +1005,9 @@ static void adopt_workers(sup_t *s, const mproc__handover_t *h)
             retire(s, w, "superseded before it was ready");
         }
     }
-    for (size_t i = 0; i < h->nreap; i++)
+    for (size_t i = 0; i < h->nreap && s->nreap < MPROC__ARRAY_LEN(s->reap); i++)
         s->reap[s->nreap++] = h->reap[i];
+    return 0;
 }
 
 /* An old image's helpers (tracker, forkserver) end once the last of their
@@ -1042,6 +1104,10 @@ static void on_timers(sup_t *s)
         slot_t *sl = &s->slots[i];
         if (sl->restart_at && sl->restart_at <= now && !s->stopping) {
             sl->restart_at = 0;
+            if (s->frozen) {
+                sl->empty = 1; /* nothing can start here any more */
+                continue;
+            }
             if (start_worker(s, i) < 0)
                 sl->restart_at = now + BACKOFF_MAX_MS;
         }
@@ -1051,13 +1117,13 @@ static void on_timers(sup_t *s)
 static void cleanup(sup_t *s)
 {
     for (int i = 0; i < s->nfds; i++) {
-        close(s->fds[i]);
+        listener_t *l = &s->socks[i];
+        close(l->fd);
         struct stat st;
-        if (s->unix_paths[i]) { /* only if it is still ours */
-            if (lstat(s->unix_paths[i], &st) == 0 && (uint64_t)st.st_ino == s->unix_ino[i])
-                unlink(s->unix_paths[i]);
-            free(s->unix_paths[i]);
-        }
+        if (l->path && lstat(l->path, &st) == 0 && (uint64_t)st.st_ino == l->ino)
+            unlink(l->path); /* only if it is still ours */
+        free(l->path);
+        free(l->spec);
     }
     if (s->notify_fd >= 0)
         close(s->notify_fd);
@@ -1080,6 +1146,7 @@ static void cleanup(sup_t *s)
     free(s->slots);
     free(s->restarts);
     free(s->exe);
+    free(s->cwd);
     free(s->self_argv);
     free(s->self_args);
     /* Signals that arrived at the end are the master's, handled or not:
@@ -1132,30 +1199,38 @@ int mproc_notify(const char *state)
     return rc;
 }
 
-/* The new image of an upgrade: a socket the old one listened on for the
- * same --bind text, taken over (1), or 0. */
-static int take_socket(sup_t *s, mproc__handover_t *h, const char *spec)
+/* The new image of an upgrade: the index of an unclaimed socket the old one
+ * listened on for the same --bind text, or -1. */
+static int handed_socket(const mproc__handover_t *h, const char *spec, unsigned char *claimed)
 {
-    for (size_t i = 0; i < h->nsockets; i++) {
-        mproc__handover_socket_t *hs = &h->sockets[i];
-        if (hs->fd < 0 || strcmp(hs->spec, spec) != 0)
-            continue;
-        s->unix_ino[s->nfds] = hs->ino;
-        s->unix_paths[s->nfds] = strncmp(spec, "unix:", 5) == 0 ? strdup(spec + 5) : NULL;
-        s->fds[s->nfds++] = hs->fd;
-        hs->fd = -1;
-        return 1;
-    }
-    return 0;
+    for (size_t i = 0; i < h->nsockets; i++)
+        if (!claimed[i] && strcmp(h->sockets[i].spec, spec) == 0) {
+            claimed[i] = 1;
+            return (int)i;
+        }
+    return -1;
 }
 
-/* Sockets of the old image this one does not listen on any more. */
-static void drop_sockets(mproc__handover_t *h)
+static void take_socket(sup_t *s, mproc__handover_socket_t *hs)
+{
+    int unix_sock = strncmp(hs->spec, "unix:", 5) == 0;
+    add_listener(s, hs->fd, hs->ino, unix_sock ? hs->spec + 5 : NULL, hs->spec);
+    hs->fd = -1;
+}
+
+/* Sockets of the old image left over once this one has its own: dropped
+ * when its workers run (it does not listen there any more), kept when it
+ * is frozen (the old workers still serve them; the next upgrade gets them). */
+static void settle_sockets(sup_t *s, mproc__handover_t *h, int keep)
 {
     for (size_t i = 0; i < h->nsockets; i++) {
         mproc__handover_socket_t *hs = &h->sockets[i];
         if (hs->fd < 0)
             continue;
+        if (keep && s->nfds < BINDS_MAX) {
+            take_socket(s, hs);
+            continue;
+        }
         say("no longer listening on %s", bound_name(hs->fd, hs->spec));
         struct stat st;
         if (strncmp(hs->spec, "unix:", 5) == 0 && lstat(hs->spec + 5, &st) == 0 &&
@@ -1166,17 +1241,47 @@ static void drop_sockets(mproc__handover_t *h)
     }
 }
 
-/* The caller's signal state, as the first image found it. */
+/* The new image cannot run at all: nothing may go on unsupervised. */
+static void abandon_handover(mproc__handover_t *h)
+{
+    for (size_t i = 0; i < h->nworkers; i++) {
+        pid_t pid = h->workers[i].pid;
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0) { /* ours */
+            kill(pid, SIGKILL);
+            int st;
+            while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+                ;
+        }
+        close(h->workers[i].life_fd);
+    }
+    h->nworkers = 0;
+    settle_sockets(NULL, h, 0);
+    if (h->notify_fd >= 0)
+        close(h->notify_fd);
+    h->notify_fd = -1;
+}
+
+/* What to restore on return after an upgrade: the supervisor's own signals
+ * as the first image's caller had them (the exec kept them blocked, and
+ * SIGPIPE ignored); whatever this image's main() set stays. */
 static void restore_point(sup_t *s, const mproc__handover_t *h)
 {
-    sigemptyset(&s->old_mask);
-    for (int sig = 1; sig <= 64 && sig < NSIG; sig++)
+    for (int sig = 1; sig <= 64 && sig < NSIG; sig++) {
+        if (sigismember(&s->blocked, sig) != 1)
+            continue;
         if (h->sigmask & (1ull << (sig - 1)))
             sigaddset(&s->old_mask, sig);
-    memset(&s->old_chld, 0, sizeof s->old_chld);
-    memset(&s->old_pipe, 0, sizeof s->old_pipe);
-    s->old_chld.sa_handler = h->chld_ign ? SIG_IGN : SIG_DFL;
-    s->old_pipe.sa_handler = h->pipe_ign ? SIG_IGN : SIG_DFL;
+        else
+            sigdelset(&s->old_mask, sig);
+    }
+    struct sigaction *old[] = {&s->old_chld, &s->old_pipe};
+    int ign[] = {h->chld_ign, h->pipe_ign};
+    for (int i = 0; i < 2; i++)
+        if (!(old[i]->sa_flags & SA_SIGINFO) &&
+            (old[i]->sa_handler == SIG_DFL || old[i]->sa_handler == SIG_IGN))
+            old[i]->sa_handler = ign[i] ? SIG_IGN : SIG_DFL; /* not main's own handler */
 }
 
 int mproc_supervise(const mproc_supervisor_opts_t *opts)
@@ -1261,23 +1366,30 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         rc = -errno;
     s->nslots = s->o.workers;
     if (rc == 0 && h) /* from here on, a failure leaves them serving ("frozen") */
-        adopt_workers(s, h);
+        rc = adopt_workers(s, h);
+    if (rc != 0 && h)
+        abandon_handover(h);
+    if (rc == 0 && s->o.pidfile && (rc = write_pidfile(s->o.pidfile)) < 0)
+        say("cannot write the pidfile %s: %s", s->o.pidfile, mproc_strerror(rc));
+    s->wrote_pidfile = rc == 0 && s->o.pidfile;
+    /* Every socket handed over for a --bind given again is taken before
+     * anything is bound: a bind that fails must not lose one. */
+    int handed[BINDS_MAX];
+    unsigned char claimed[BINDS_MAX] = {0};
+    for (size_t i = 0; i < opts->nbinds; i++)
+        handed[i] = h && rc == 0 ? handed_socket(h, opts->binds[i], claimed) : -1;
     for (size_t i = 0; rc == 0 && i < opts->nbinds; i++) {
-        int taken = h && take_socket(s, h, opts->binds[i]);
-        if (!taken)
+        if (handed[i] >= 0)
+            take_socket(s, &h->sockets[handed[i]]);
+        else
             rc = bind_one(s, opts->binds[i]);
         if (rc < 0)
             say("cannot listen on %s: %s", opts->binds[i], mproc_strerror(rc));
         else
             say("listening on %s (fd %d in workers%s)",
-                bound_name(s->fds[s->nfds - 1], opts->binds[i]), 3 + (int)i,
-                taken ? ", kept from the previous image" : "");
+                bound_name(s->socks[s->nfds - 1].fd, opts->binds[i]), 3 + (int)i,
+                handed[i] >= 0 ? ", kept from the previous image" : "");
     }
-    if (h)
-        drop_sockets(h);
-    if (rc == 0 && s->o.pidfile && (rc = write_pidfile(s->o.pidfile)) < 0)
-        say("cannot write the pidfile %s: %s", s->o.pidfile, mproc_strerror(rc));
-    s->wrote_pidfile = rc == 0 && s->o.pidfile;
     if (rc == 0 && s->o.preload && (rc = s->o.preload(s->o.ctx)) != 0) {
         say("preload failed (%d): not starting", rc);
         rc = 1;
@@ -1292,6 +1404,8 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
                 s->slots[i].empty = 1;
         rc = 0;
     }
+    if (h)
+        settle_sockets(s, h, s->frozen);
     mproc__handover_free(h);
     if (rc != 0) {
         cleanup(s);

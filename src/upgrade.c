@@ -374,13 +374,49 @@ void mproc__handover_env_clear(void)
     unsetenv(ENV_NAME);
 }
 
-/* Taken once per image, as early as mproc_init (so that the fds are
- * close-on-exec again before main starts anything), and kept until the
- * supervisor claims it. A forked copy of the image is not the master. */
+/* Taken once per image, before main (so that the fds are close-on-exec
+ * again before main starts anything), and kept until the supervisor claims
+ * it. A forked copy of the image is not the master. */
 static int taken;
 static int taken_rc;
 static pid_t taken_by;
 static mproc__handover_t *taken_h;
+
+/* What an upgrade re-executes: main's process, arguments and directory
+ * (mproc_init records them; without it the supervisor reads /proc). */
+static pid_t main_pid;
+static char **main_argv;
+static char *main_cwd;
+
+__attribute__((constructor)) static void upgrade_before_main(void)
+{
+    main_pid = getpid();
+    if (getenv(ENV_NAME))
+        mproc__handover_early();
+}
+
+void mproc__upgrade_record(int argc, char **argv)
+{
+    if (main_argv || getpid() != main_pid || argc <= 0 || !argv)
+        return;
+    char **copy = calloc((size_t)argc + 1, sizeof *copy);
+    for (int i = 0; copy && i < argc; i++)
+        if (!(copy[i] = strdup(argv[i] ? argv[i] : ""))) {
+            while (i--)
+                free(copy[i]);
+            free(copy);
+            copy = NULL;
+        }
+    main_argv = copy;
+    main_cwd = getcwd(NULL, 0);
+}
+
+int mproc__upgrade_self(char *const **argv, const char **cwd)
+{
+    *argv = main_argv;
+    *cwd = main_cwd;
+    return getpid() == main_pid;
+}
 
 void mproc__handover_early(void)
 {

@@ -3,12 +3,14 @@
  * and a worker function) for test_supervisor.c's upgrade cases: the code a
  * USR2 must bring in is what its preload reads.
  *
- *   sup_prefork VERSION_FILE WORKERS
+ *   sup_prefork VERSION_FILE WORKERS [no-upgrade]
  *
- * The preload reads VERSION_FILE (the "application", loaded once in the
- * master) and makes a named segment (so the master has a resource
- * tracker, which an upgrade must not leave as a zombie); "fail" makes it
- * fail. Each worker says READY=1, then answers every connection on fd 3
+ * The preload reads VERSION_FILE's first line (the "application", loaded
+ * once in the master) and makes a named segment (so the master has a
+ * resource tracker, which an upgrade must not leave as a zombie); "fail"
+ * makes it fail. A second line, read by main, is an address to bind
+ * before 127.0.0.1:0 (a configuration change: one that cannot be bound
+ * freezes an upgrade). Each worker says READY=1, then answers every connection on fd 3
  * with "VERSION PID\n" and closes it, until SIGTERM. At start the master
  * logs "sup_prefork upgraded=N" (mproc_supervise_upgraded()).
  */
@@ -54,7 +56,7 @@ static int worker(void *ctx, int id, const int *fds, int nfds)
 {
     (void)ctx;
     (void)id;
-    if (nfds != 1)
+    if (nfds < 1)
         return 1;
     struct sigaction sa = {.sa_handler = on_term}; /* no SA_RESTART: poll returns */
     sigaction(SIGTERM, &sa, NULL);
@@ -63,10 +65,10 @@ static int worker(void *ctx, int id, const int *fds, int nfds)
     char line[128];
     int n = snprintf(line, sizeof line, "%s %d\n", version, (int)getpid());
     while (!term) {
-        struct pollfd p = {fds[0], POLLIN, 0};
+        struct pollfd p = {fds[nfds - 1], POLLIN, 0}; /* 127.0.0.1:0 */
         if (poll(&p, 1, -1) <= 0)
             continue; /* EINTR: look at term */
-        int c = accept4(fds[0], NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        int c = accept4(fds[nfds - 1], NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (c < 0)
             continue; /* another worker took it */
         /* Taken, so answered, SIGTERM or not. */
@@ -80,15 +82,25 @@ static int worker(void *ctx, int id, const int *fds, int nfds)
 int main(int argc, char **argv)
 {
     mproc_init(&argc, &argv);
-    if (argc != 3)
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "no-upgrade") == 0))
         return 2;
     version_file = argv[1];
     fprintf(stderr, "sup_prefork upgraded=%d\n", mproc_supervise_upgraded());
-    const char *binds[] = {"127.0.0.1:0"};
+    char extra[128] = "";
+    FILE *f = fopen(version_file, "re");
+    if (f) {
+        char first[64];
+        if (fgets(first, sizeof first, f) && fgets(extra, sizeof extra, f))
+            extra[strcspn(extra, "\n")] = '\0';
+        fclose(f);
+    }
+    const char *binds[] = {extra, "127.0.0.1:0"};
+    int n = extra[0] ? 2 : 1;
     mproc_supervisor_opts_t o = {.workers = atoi(argv[2]),
-                                 .binds = binds,
-                                 .nbinds = 1,
+                                 .binds = binds + 2 - n,
+                                 .nbinds = (size_t)n,
                                  .ready = 1,
+                                 .upgrade = argc == 3,
                                  .graceful_timeout_ms = 5000,
                                  .preload = preload,
                                  .worker = worker};

@@ -521,8 +521,8 @@ static void test_reload_ready(void)
 static void test_reload_crash_loop(void)
 {
     master_t m;
-    const char *opts[] = {"-w", "2", "--ready", "--max-restarts", "3", "--graceful-timeout", "5",
-                          NULL};
+    const char *opts[] = {"-w", "2", "--ready", "--max-restarts", "3", "--graceful-timeout",
+                          "5",  NULL};
     TU_REQUIRE_OK(master_start(&m, opts, "ready-unless-broken"));
     report_t old[2], r;
     TU_REQUIRE(next_report(&m, &old[0], TU_T_MS) && next_report(&m, &old[1], TU_T_MS));
@@ -881,20 +881,25 @@ static void test_upgrade_library(void)
     TU_REQUIRE(log_count_reaches(&m, " ready\n", 2, TU_T_MS));
     int failed = 0;
     TU_CHECK(answers_become(port, "v1", 5, &failed));
-    const char *versions[] = {"v2", "fail", "v3"};
-    for (int i = 0; i < 3; i++) {
+    /* A new version; one whose preload fails; one whose new address
+     * cannot be bound (listed first: the socket kept must survive it);
+     * then a good one again, on the same port. */
+    const char *versions[] = {"v2", "fail", "v3\n192.0.2.1:1", "v4"};
+    for (int i = 0; i < 4; i++) {
         f = fopen(vfile, "we");
         TU_REQUIRE(f && fprintf(f, "%s\n", versions[i]) > 0 && fclose(f) == 0);
         TU_CHECK_OK(kill(m.pid, SIGUSR2));
         TU_CHECK(log_count_reaches(&m, "sup_prefork upgraded=1", i + 1, TU_T_MS));
-        if (strcmp(versions[i], "fail") == 0) {
-            TU_CHECK(log_has(&m, "the upgrade cannot start workers", TU_T_MS));
+        if (i == 1 || i == 2) {
+            TU_CHECK(log_count_reaches(&m, "the upgrade cannot start workers", i, TU_T_MS));
             TU_CHECK(answers_become(port, "v2", 10, &failed)); /* the old ones serve */
             TU_CHECK_OK(kill(m.pid, 0));
             continue;
         }
         TU_CHECK(answers_become(port, versions[i], 20, &failed));
     }
+    TU_CHECK(log_has(&m, "cannot listen on 192.0.2.1:1", 0));
+    TU_CHECK(strstr(m.log, "no longer listening") == NULL);
     TU_CHECK_EQ_INT(failed, 0);
     /* The old image's tracker ends with the last old worker: collected. */
     int64_t end = tu_now_ms() + TU_T_MS;
@@ -902,6 +907,52 @@ static void test_upgrade_library(void)
         tu_wait_readable(m.err, 20); /* the log moves when workers exit */
     TU_CHECK_EQ_INT(zombies_of(m.pid), 0);
     unlink(vfile);
+    master_stop_ok(&m);
+}
+
+/* Without opts.upgrade, USR2 changes nothing. */
+static void test_upgrade_not_enabled(void)
+{
+    master_t m;
+    TU_REQUIRE_OK(master_dir(&m));
+    char vfile[128];
+    snprintf(vfile, sizeof vfile, "%s/version", m.dir);
+    FILE *f = fopen(vfile, "we");
+    TU_REQUIRE(f && fputs("v1\n", f) >= 0 && fclose(f) == 0);
+    const char *argv[] = {"sup_prefork", vfile, "1", "no-upgrade", NULL};
+    TU_REQUIRE_OK(master_exec(&m, SUP_PREFORK, argv));
+    int port = log_port(&m), failed = 0;
+    TU_REQUIRE(port > 0);
+    TU_REQUIRE(log_count_reaches(&m, " ready\n", 1, TU_T_MS));
+    TU_CHECK_OK(kill(m.pid, SIGUSR2));
+    TU_CHECK(log_has(&m, "SIGUSR2: ignored", TU_T_MS));
+    TU_CHECK(answers_become(port, "v1", 3, &failed));
+    TU_CHECK_EQ_INT(failed, 0);
+    TU_CHECK_EQ_INT(log_count(&m, "sup_prefork upgraded="), 1);
+    unlink(vfile);
+    master_stop_ok(&m);
+}
+
+/* Workers added by TTIN beyond the new image's count: their slots exist
+ * (no out-of-bounds), and they are retired once it runs its own. */
+static void test_upgrade_after_ttin(void)
+{
+    master_t m;
+    const char *opts[] = {"-w", "1", "--graceful-timeout", "5", NULL};
+    TU_REQUIRE_OK(master_start(&m, opts, "wait"));
+    report_t r[4], neu;
+    TU_REQUIRE(next_report(&m, &r[0], TU_T_MS));
+    for (int i = 1; i < 4; i++) {
+        TU_CHECK_OK(kill(m.pid, SIGTTIN));
+        TU_REQUIRE(next_report(&m, &r[i], TU_T_MS));
+    }
+    TU_CHECK_OK(kill(m.pid, SIGUSR2));
+    TU_REQUIRE(next_report(&m, &neu, TU_T_MS));
+    TU_CHECK_EQ_INT(neu.id, 0);
+    TU_CHECK(log_count_reaches(&m, "not in the new image's worker count", 3, TU_T_MS));
+    for (int i = 0; i < 4; i++)
+        TU_CHECK(gone_within(r[i].pid, TU_T_MS));
+    TU_CHECK(!next_report(&m, &neu, 100)); /* nothing else started */
     master_stop_ok(&m);
 }
 
@@ -949,6 +1000,8 @@ static const tu_case_t cases[] = {
     TU_CASE(test_upgrade_exec_fails),
     TU_CASE(test_upgrade_library),
     TU_CASE(test_upgrade_bad_handover),
+    TU_CASE(test_upgrade_not_enabled),
+    TU_CASE(test_upgrade_after_ttin),
     TU_END,
 };
 

@@ -177,6 +177,7 @@ static int cmd_run(int argc, char **argv)
     if (!window_given)
         o.restart_window_ms = 60000;
     o.argv = argv + i;
+    o.upgrade = 1; /* USR2: a new mproc takes over in place */
     o.binds = binds;
     o.nbinds = nbinds;
     int rc = mproc_supervise(&o);
