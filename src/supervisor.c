@@ -1024,6 +1024,27 @@ static void reap_leftovers(sup_t *s)
     s->nreap = keep;
 }
 
+/* At the end: the helpers end with the last old worker, moments after
+ * it; collect them rather than leave them to whoever inherits them. */
+static void reap_leftovers_at_exit(sup_t *s)
+{
+    int64_t end = now_ms() + 2000;
+    while (s->nreap) {
+        int left = (int)(end - now_ms());
+        if (left <= 0)
+            break;
+        int fd = mproc__pidfd_open(s->reap[0]);
+        if (fd >= 0) {
+            mproc__poll1(fd, POLLIN, left, NULL);
+            close(fd);
+        } else {
+            struct timespec ts = {0, 5000000}; /* no pidfd: look again shortly */
+            nanosleep(&ts, NULL);
+        }
+        reap_leftovers(s);
+    }
+}
+
 static void on_signals(sup_t *s)
 {
     struct signalfd_siginfo si;
@@ -1464,6 +1485,7 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
             begin_stop(s, 1, 0);
         }
     }
+    reap_leftovers_at_exit(s);
     int code = s->exit_code;
     say("master exits with status %d", code);
     cleanup(s);

@@ -109,5 +109,6 @@ int main(int argc, char **argv)
         mproc_shm_unlink(segment);
         mproc_shm_close(segment);
     }
+    mproc_tracker_stop(5000); /* gone before we are: the test counts leftovers */
     return rc < 0 ? 1 : rc;
 }
