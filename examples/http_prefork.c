@@ -5,8 +5,17 @@
  * in a named shared memory segment under a robust mproc lock (P9).
  *
  *   http_prefork                         serve (under a supervisor)
+ *   http_prefork --master ADDR N         be the supervisor too: N workers
  *   http_prefork --make-counter NAME     create the shared counter segment
- *   http_prefork --remove-counter NAME   unlink it again
+ *   http_prefork --remove-counter NAME   unlink it
+ *
+ * --master is mproc_supervise's prefork mode: this program binds ADDR
+ * (HOST:PORT, [IPV6]:PORT, unix:PATH), its preload makes the counter once
+ * (every worker inherits it, lock included), and workers are forked from
+ * it, no exec. Signals as for `mproc run` (docs/supervisor.md): HUP
+ * reloads, and SIGUSR2 re-executes this program in place, so a rebuilt
+ * http_prefork takes over without refusing a connection. The master's log
+ * goes to stderr. again
  *
  * What it takes from its environment (systemd's conventions):
  *
@@ -993,26 +1002,21 @@ static int usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s                        (serve: LISTEN_FDS/LISTEN_PID required)\n"
+            "       %s --master ADDR N        supervise N workers on ADDR\n"
             "       %s --make-counter NAME    create the shared request counter\n"
             "       %s --remove-counter NAME  unlink it\n",
-            prog, prog, prog);
+            prog, prog, prog, prog);
     return 2;
 }
 
-int main(int argc, char **argv)
+/* One worker: serve on the socket LISTEN_FDS names (a prefork worker of
+ * --master gets it the same way), counting in *counter (NULL: set it up
+ * from the environment). */
+static int run_worker(const counter_t *counter)
 {
-    mproc_init(&argc, &argv);
-
-    if (argc == 3 &&
-        (strcmp(argv[1], "--make-counter") == 0 || strcmp(argv[1], "--remove-counter") == 0))
-        return counter_admin(argv[1], argv[2]);
-    if (argc != 1)
-        return usage(argv[0]);
-
     int lfd = listen_fd_from_env();
     if (lfd < 0)
         return 2;
-
     static server_t s; /* big (the connection table): not on the stack */
     s.pid = getpid();
     s.worker_id = getenv("MPROC_WORKER_ID");
@@ -1026,12 +1030,70 @@ int main(int argc, char **argv)
     int64_t watchdog_ms = watchdog_interval_from_env();
     if (notify_setup(&s.notify) < 0)
         return 2;
-    if (setup_signals() < 0 || counter_setup(&s.counter) < 0)
+    if (counter)
+        s.counter = *counter;
+    if (setup_signals() < 0 || (!counter && counter_setup(&s.counter) < 0))
         return 1;
 
     int rc = serve(&s, lfd, watchdog_ms);
 
-    mproc_shm_close(s.counter.shm);
+    if (!counter)
+        mproc_shm_close(s.counter.shm);
     close_fd(s.notify.fd);
     return rc;
+}
+
+/* --master: the preload runs once, in the master, before any worker. */
+static int master_preload(void *ctx)
+{
+    return counter_setup(ctx) < 0 ? 1 : 0;
+}
+
+static int master_worker(void *ctx, int id, const int *fds, int nfds)
+{
+    (void)id;
+    (void)fds; /* fds[0] is fd 3, which LISTEN_FDS names too */
+    (void)nfds;
+    return run_worker(ctx);
+}
+
+static int run_master(const char *addr, const char *workers)
+{
+    uint64_t n;
+    if (parse_u64(workers, 1, 1024, &n) < 0) {
+        fprintf(stderr, "http_prefork: --master: bad worker count %s\n", workers);
+        return 2;
+    }
+    static counter_t counter;
+    const char *binds[] = {addr};
+    mproc_supervisor_opts_t o = {.workers = (int)n,
+                                 .binds = binds,
+                                 .nbinds = 1,
+                                 .ready = 1,
+                                 .upgrade = 1,
+                                 .graceful_timeout_ms = 10000,
+                                 .preload = master_preload,
+                                 .worker = master_worker,
+                                 .ctx = &counter};
+    int rc = mproc_supervise(&o);
+    mproc_shm_close(counter.shm);
+    if (rc < 0) {
+        fprintf(stderr, "http_prefork: --master: %s\n", mproc_strerror(rc));
+        return 1;
+    }
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    mproc_init(&argc, &argv);
+
+    if (argc == 3 &&
+        (strcmp(argv[1], "--make-counter") == 0 || strcmp(argv[1], "--remove-counter") == 0))
+        return counter_admin(argv[1], argv[2]);
+    if (argc == 4 && strcmp(argv[1], "--master") == 0)
+        return run_master(argv[2], argv[3]);
+    if (argc != 1)
+        return usage(argv[0]);
+    return run_worker(NULL);
 }

@@ -7,12 +7,17 @@
 # after a graceful stop nothing is left: no worker, no listening socket,
 # no counter segment.
 #
+# run_reload.sh MPROC HTTP_PREFORK master - the same through the library's
+# prefork mode: `http_prefork --master` is its own supervisor (preload,
+# forked workers, no exec), and USR2 re-executes http_prefork itself.
+#
 # Needs wrk (Debian package; scripts/deps.sh installs it): exits 77
 # (skipped) without it. Bounded: wrk runs 9 s, every wait has a limit.
 set -u
 
-MPROC=${1:?usage: run_reload.sh MPROC HTTP_PREFORK}
-HTTP=${2:?usage: run_reload.sh MPROC HTTP_PREFORK}
+MPROC=${1:?usage: run_reload.sh MPROC HTTP_PREFORK [master]}
+HTTP=${2:?usage: run_reload.sh MPROC HTTP_PREFORK [master]}
+MODE=${3:-run}
 
 fail() {
     echo "FAIL: $*" >&2
@@ -33,8 +38,12 @@ trap cleanup EXIT
 
 # A free port: bind to 0 and read what the master logs.
 "$HTTP" --make-counter "$ctr" || fail "--make-counter"
-HTTP_COUNTER_SHM=$ctr "$MPROC" run -w 2 --bind 127.0.0.1:0 --ready --graceful-timeout 10 \
-    --pidfile "$work/pid" -- "$HTTP" 2>"$work/log" &
+if [ "$MODE" = master ]; then
+    HTTP_COUNTER_SHM=$ctr "$HTTP" --master 127.0.0.1:0 2 2>"$work/log" &
+else
+    HTTP_COUNTER_SHM=$ctr "$MPROC" run -w 2 --bind 127.0.0.1:0 --ready --graceful-timeout 10 \
+        --pidfile "$work/pid" -- "$HTTP" 2>"$work/log" &
+fi
 master=$!
 
 port=""
@@ -44,7 +53,8 @@ for _ in $(seq 1 100); do
     sleep 0.05
 done
 [ -n "$port" ] || fail "no port in the master's log: $(cat "$work/log")"
-[ "$(cat "$work/pid")" = "$master" ] || fail "pidfile holds $(cat "$work/pid"), master is $master"
+[ "$MODE" = master ] || [ "$(cat "$work/pid")" = "$master" ] ||
+    fail "pidfile holds $(cat "$work/pid"), master is $master"
 
 wrk -t2 -c32 -d9s "http://127.0.0.1:$port/" >"$work/wrk" 2>&1 &
 wrk_pid=$!
@@ -85,4 +95,4 @@ grep -q "master exits with status 0" "$work/log" || fail "no clean exit in the l
 for pid in $(sed -n 's/.*worker [0-9]* pid \([0-9]*\) started.*/\1/p' "$work/log"); do
     kill -0 "$pid" 2>/dev/null && fail "worker $pid left behind"
 done
-echo "ok: 5 reloads and 2 upgrades under load, no failed request"
+echo "ok ($MODE): 5 reloads and 2 upgrades under load, no failed request"
