@@ -10,6 +10,7 @@ Figures (n is what is repeated or counted):
              first answer from the new pid (both)
     reload   wrk -t2 -c32 for 6 s through n HUP reloads (4 workers):
              failed requests (socket errors + non-2xx) and requests/s
+    reload-heavy  the same with 256 connections (-c256)
     upgrade  the same through n binary upgrades (mproc: USR2, the master
              re-executes itself; gunicorn: USR2 starts a new master, whose
              workers boot, then TERM to the old master, as its docs say)
@@ -52,6 +53,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKERS = 4  # replace, reload, ttin
 WRK_SECONDS = 6
+HEAVY_CONNS = 256  # reload-heavy: 8x the connections, 64 per worker
 IDLE_SECONDS = 10
 MPROC_TIMEOUT_S = 1
 GUNICORN_TIMEOUT_S = 2
@@ -393,13 +395,13 @@ def settle(srv: Server, seconds: float) -> None:
 
 
 def run_wrk(srv: Server, port: int, hups: int,
-            act: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+            act: Optional[Callable[[int], None]] = None, conns: int = 32) -> Dict[str, float]:
     """wrk for WRK_SECONDS; at hups evenly spaced moments, act(i) (default:
     SIGHUP to the master)."""
     if not shutil.which("wrk"):
         raise BenchError("wrk is missing (Debian package wrk; scripts/deps.sh)")
     wrk = subprocess.Popen(
-        ["wrk", "-t2", "-c32", f"-d{WRK_SECONDS}s", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t2", f"-c{conns}", f"-d{WRK_SECONDS}s", f"http://127.0.0.1:{port}/"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=_pdeathsig,
     )
@@ -425,12 +427,12 @@ def run_wrk(srv: Server, port: int, hups: int,
     return dict(rps=float(rps.group(1)), socket_errors=socket_errors, non2xx=non2xx)
 
 
-def mproc_reload(args, n: int) -> str:
+def mproc_reload(args, n: int, conns: int = 32) -> str:
     m = Mproc(args, WORKERS, [args.http])
     try:
         m.wait_ready(WORKERS)
         start = len(m.srv.lines)
-        w = run_wrk(m.srv, m.port, n)
+        w = run_wrk(m.srv, m.port, n, conns=conns)
         # Every reload must have completed: n generations of WORKERS ready.
         deadline = time.monotonic() + 10
         while m.srv.count(m.READY, start) < n * WORKERS and time.monotonic() < deadline:
@@ -446,12 +448,12 @@ def mproc_reload(args, n: int) -> str:
     return reload_line(w, n)
 
 
-def gunicorn_reload(args, n: int) -> str:
+def gunicorn_reload(args, n: int, conns: int = 32) -> str:
     g = Gunicorn(WORKERS)
     try:
         g.wait_up()
         start = len(g.srv.lines)
-        w = run_wrk(g.srv, g.port, n)
+        w = run_wrk(g.srv, g.port, n, conns=conns)
         booted = g.srv.count(r"Booting worker with pid", start)
         if booted < n * WORKERS:
             raise BenchError(f"only {booted} workers booted by {n} reloads")
@@ -749,6 +751,8 @@ MODES = {
     "mproc-prefork": mproc_prefork,
     "mproc-replace": mproc_replace, "gunicorn-replace": gunicorn_replace,
     "mproc-reload": mproc_reload, "gunicorn-reload": gunicorn_reload,
+    "mproc-reload-heavy": lambda args, n: mproc_reload(args, n, HEAVY_CONNS),
+    "gunicorn-reload-heavy": lambda args, n: gunicorn_reload(args, n, HEAVY_CONNS),
     "mproc-upgrade": mproc_upgrade, "gunicorn-upgrade": gunicorn_upgrade,
     "mproc-ttin": mproc_ttin, "gunicorn-ttin": gunicorn_ttin,
     "mproc-timeout": mproc_timeout, "gunicorn-timeout": gunicorn_timeout,
