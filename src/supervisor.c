@@ -100,12 +100,11 @@ typedef struct {
     int wrote_pidfile;
     sigset_t blocked, old_mask;
     struct sigaction old_chld, old_pipe;
-    char *exe, *cwd;              /* an upgrade execs exe in cwd ...   */
-    char *const *exec_argv;       /* ... with these arguments           */
-    char **self_argv, *self_args; /* exec_argv read from /proc, if so   */
-    const char *no_upgrade;       /* why USR2 cannot re-execute, or NULL */
-    int frozen;                   /* an upgrade that cannot start workers */
-    pid_t reap[32];               /* old images' helpers, to collect */
+    char *exe, *cwd;        /* an upgrade execs exe in cwd ...   */
+    char *const *exec_argv; /* ... with these arguments           */
+    const char *no_upgrade; /* why USR2 cannot re-execute, or NULL */
+    int frozen;             /* an upgrade that cannot start workers */
+    pid_t reap[32];         /* old images' helpers, to collect */
     size_t nreap;
 } sup_t;
 
@@ -553,18 +552,23 @@ static int reinstate(sup_t *s, int slot)
 }
 
 /* A new generation (reload, upgrade, recycle) that crash-loops while the
- * workers it was to replace still run: those stay in charge, and the
- * successors not yet ready are stopped. A bad deploy then costs nothing
- * but the log line. The number of slots handed back. */
+ * worker it was to replace in the dying worker's slot still runs: the old
+ * workers stay in charge, in every slot that has one, and the successors
+ * not yet ready are stopped. A bad deploy then costs nothing but the log
+ * line. The number of slots handed back. */
+static worker_t *waiting_old(sup_t *s, int slot)
+{
+    for (worker_t *o = s->workers; o; o = o->next)
+        if (o->slot == slot && o->succeeded_by && !o->kill_at)
+            return o;
+    return NULL;
+}
+
 static int abandon_reload(sup_t *s)
 {
     int back = 0;
     for (int i = 0; i < s->nslots; i++) {
-        worker_t *old = NULL;
-        for (worker_t *o = s->workers; o; o = o->next)
-            if (o->slot == i && o->succeeded_by && !o->kill_at)
-                old = o;
-        if (!old)
+        if (!waiting_old(s, i))
             continue;
         worker_t *cur = s->slots[i].current;
         if (cur && !cur->ready)
@@ -628,7 +632,7 @@ static void on_worker_exit(sup_t *s, worker_t *w)
         return;
     }
     if (too_many_restarts(s)) {
-        if (abandon_reload(s)) {
+        if (waiting_old(s, slot) && abandon_reload(s)) {
             say("crash loop in the new generation: more than %u restarts within %d s: the old "
                 "workers stay, the reload is abandoned",
                 s->o.max_restarts, s->o.restart_window_ms / 1000);
@@ -748,58 +752,14 @@ static void shrink(sup_t *s)
 
 /* ---- upgrading in place (SIGUSR2) ---------------------------------------- */
 
-/* /proc/self/cmdline as an argv (storage in *args), or NULL. */
-static char **read_cmdline(char **args)
-{
-    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    for (ssize_t got = 1; buf && got > 0;) {
-        if (len + 1 >= cap) {
-            char *b = cap < (64u << 20) ? realloc(buf, cap * 2) : NULL;
-            if (!b) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = b;
-            cap *= 2;
-        }
-        got = read(fd, buf + len, cap - len - 1);
-        if (got < 0 && errno == EINTR)
-            got = 1;
-        else if (got > 0)
-            len += (size_t)got;
-    }
-    close(fd);
-    if (!buf || len == 0) {
-        free(buf);
-        return NULL;
-    }
-    buf[len] = '\0';
-    size_t argc = 0;
-    for (size_t i = 0; i < len; i++)
-        argc += buf[i] == '\0';
-    argc += buf[len - 1] != '\0'; /* a last argument without its NUL */
-    char **argv = calloc(argc + 1, sizeof *argv);
-    if (!argv) {
-        free(buf);
-        return NULL;
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < len && k < argc; i += strlen(buf + i) + 1)
-        argv[k++] = buf + i;
-    *args = buf;
-    return argv;
-}
-
 /* What to exec on SIGUSR2, decided now (by then the old file may be gone):
- * main's arguments (as mproc_init saw them, else /proc/self/cmdline) in
- * main's working directory, and argv[0] when it is a path (a symlink
- * switched to a new release is followed then), else the file this
- * executable was started from (a package upgrade renames a new one there). */
+ * main's arguments, as mproc_init recorded them, in the working directory
+ * main started in; the program is argv[0] when that is a path (so a
+ * symlink switched to a new release is followed), else the file this
+ * executable was started from (a package upgrade renames a new one
+ * there). Without mproc_init's record (not called, or this is a spawned
+ * child, which main() never ran in) or in a forked copy of main's
+ * process, there is nothing safe to re-execute. */
 static void record_self(sup_t *s)
 {
     char *const *argv;
@@ -808,26 +768,29 @@ static void record_self(sup_t *s)
         s->no_upgrade = "this process is a fork of the one main() runs in";
         return;
     }
-    if (!argv)
-        argv = s->self_argv = read_cmdline(&s->self_args);
-    char path[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
-    const char *gone = " (deleted)"; /* replaced before we started: the path holds the new one */
-    size_t glen = strlen(gone);
-    if (n > 0) {
-        path[n] = '\0';
-        if ((size_t)n > glen && strcmp(path + n - glen, gone) == 0)
-            path[n - glen] = '\0';
+    if (!argv || !argv[0] || !cwd) {
+        s->no_upgrade = "main() did not call mproc_init(&argc, &argv) (or this is a spawned "
+                        "child): its arguments are not known";
+        return;
     }
-    char here[PATH_MAX];
-    s->cwd = strdup(cwd ? cwd : getcwd(here, sizeof here) ? here : "/");
-    if (argv && argv[0] && strchr(argv[0], '/'))
+    if (strchr(argv[0], '/')) {
         s->exe = strdup(argv[0]);
-    else if (n > 0)
-        s->exe = strdup(path);
+    } else {
+        char path[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+        const char *gone = " (deleted)"; /* replaced before we started: the path holds the new */
+        size_t glen = strlen(gone);
+        if (n > 0) {
+            path[n] = '\0';
+            if ((size_t)n > glen && strcmp(path + n - glen, gone) == 0)
+                path[n - glen] = '\0';
+            s->exe = strdup(path);
+        }
+    }
+    s->cwd = strdup(cwd);
     s->exec_argv = argv;
-    if (!s->exe || !s->cwd || !argv)
-        s->no_upgrade = "this executable's path and arguments could not be found at start";
+    if (!s->exe || !s->cwd)
+        s->no_upgrade = "this executable's path could not be found at start";
 }
 
 static uint64_t mask_bits(const sigset_t *set)
@@ -843,7 +806,8 @@ static void set_workers_cloexec(sup_t *s, int on)
 {
     mproc__set_cloexec(s->notify_fd, on);
     for (int i = 0; i < s->nfds; i++)
-        mproc__set_cloexec(s->socks[i].fd, on);
+        if (s->socks[i].spec) /* one without (no memory) is not handed over */
+            mproc__set_cloexec(s->socks[i].fd, on);
     for (worker_t *w = s->workers; w; w = w->next)
         mproc__set_cloexec(mproc_process_fd(w->p), on);
 }
@@ -910,8 +874,16 @@ static void upgrade(sup_t *s)
     set_workers_cloexec(s, 0);
     mproc__set_cloexec(fd, 0);
     fflush(NULL); /* the caller's buffered output would die with this image */
-    int here = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int e = chdir(s->cwd) < 0 ? errno : 0;
+    int here = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int e = 0;
+    if (chdir(s->cwd) < 0) {
+        /* Gone (a pruned release directory, say): an absolute program can
+         * still run, from here; a relative one cannot be found. */
+        say("SIGUSR2: main's directory %s: %s%s", s->cwd, strerror(errno),
+            s->exe[0] == '/' ? ": re-executing from here" : "");
+        if (s->exe[0] != '/')
+            e = ENOENT;
+    }
     if (e == 0) {
         execv(s->exe, s->exec_argv);
         e = errno;
@@ -1168,8 +1140,6 @@ static void cleanup(sup_t *s)
     free(s->restarts);
     free(s->exe);
     free(s->cwd);
-    free(s->self_argv);
-    free(s->self_args);
     /* Signals that arrived at the end are the master's, handled or not:
      * none may reach the caller with its default action (TTIN would stop
      * it, HUP kill it). */
@@ -1252,6 +1222,12 @@ static void settle_sockets(sup_t *s, mproc__handover_t *h, int keep)
             take_socket(s, hs);
             continue;
         }
+        if (keep) { /* the old workers serve it still: only our copy goes */
+            say("%s: more than %d sockets, not kept for the next upgrade", hs->spec, BINDS_MAX);
+            close(hs->fd);
+            hs->fd = -1;
+            continue;
+        }
         say("no longer listening on %s", bound_name(hs->fd, hs->spec));
         struct stat st;
         if (strncmp(hs->spec, "unix:", 5) == 0 && lstat(hs->spec + 5, &st) == 0 &&
@@ -1279,8 +1255,13 @@ static void abandon_handover(mproc__handover_t *h)
     }
     h->nworkers = 0;
     settle_sockets(NULL, h, 0);
-    if (h->notify_fd >= 0)
+    if (h->notify_fd >= 0) { /* not taken over yet: nobody else removes it */
+        char path[96];
+        snprintf(path, sizeof path, "%s/notify", h->notify_dir);
+        unlink(path);
+        rmdir(h->notify_dir);
         close(h->notify_fd);
+    }
     h->notify_fd = -1;
 }
 
@@ -1390,9 +1371,6 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         rc = adopt_workers(s, h);
     if (rc != 0 && h)
         abandon_handover(h);
-    if (rc == 0 && s->o.pidfile && (rc = write_pidfile(s->o.pidfile)) < 0)
-        say("cannot write the pidfile %s: %s", s->o.pidfile, mproc_strerror(rc));
-    s->wrote_pidfile = rc == 0 && s->o.pidfile;
     /* Every socket handed over for a --bind given again is taken before
      * anything is bound: a bind that fails must not lose one. */
     int handed[BINDS_MAX];
@@ -1411,6 +1389,11 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
                 bound_name(s->socks[s->nfds - 1].fd, opts->binds[i]), 3 + (int)i,
                 handed[i] >= 0 ? ", kept from the previous image" : "");
     }
+    /* After the binds: a second instance that finds its address taken must
+     * not touch the first one's pidfile. */
+    if (rc == 0 && s->o.pidfile && (rc = write_pidfile(s->o.pidfile)) < 0)
+        say("cannot write the pidfile %s: %s", s->o.pidfile, mproc_strerror(rc));
+    s->wrote_pidfile = rc == 0 && s->o.pidfile;
     if (rc == 0 && s->o.preload && (rc = s->o.preload(s->o.ctx)) != 0) {
         say("preload failed (%d): not starting", rc);
         rc = 1;
@@ -1420,6 +1403,9 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
             "started (SIGUSR2 to try again, SIGTERM to stop)");
         s->frozen = 1;
         s->exit_code = 1;
+        /* Same pid as the image that wrote it: this one removes it. */
+        if (s->o.pidfile && !s->wrote_pidfile)
+            s->wrote_pidfile = write_pidfile(s->o.pidfile) == 0;
         for (int i = 0; i < s->nslots; i++)
             if (!s->slots[i].current)
                 s->slots[i].empty = 1;

@@ -181,6 +181,14 @@ static int log_count_reaches(master_t *m, const char *text, int n, int timeout_m
     return 1;
 }
 
+/* The port of the first "listening on 127.0.0.1:PORT" in the log. */
+static int log_port(master_t *m)
+{
+    if (!log_has(m, "listening on 127.0.0.1:", TU_T_MS))
+        return -1;
+    return atoi(strstr(m->log, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:"));
+}
+
 /* The next worker report within timeout_ms: 1, or 0 on timeout. */
 static int next_report(master_t *m, report_t *r, int timeout_ms)
 {
@@ -576,6 +584,25 @@ static void test_bad_usage(void)
         TU_CHECK_OK(rc);
         TU_CHECK_EQ_INT(status, 2);
     }
+    /* A second instance on a taken port: exit 1, the first one's pidfile
+     * untouched. */
+    master_t a, b;
+    char pidfile[160], port_bind[64], buf[32] = "";
+    snprintf(pidfile, sizeof pidfile, "/tmp/mproc-sup-test-%d.pid", (int)getpid());
+    const char *oa[] = {"-w", "1", "--bind", "127.0.0.1:0", "--pidfile", pidfile, NULL};
+    TU_REQUIRE_OK(master_start(&a, oa, "wait"));
+    TU_REQUIRE(log_port(&a) > 0);
+    snprintf(port_bind, sizeof port_bind, "127.0.0.1:%d", log_port(&a));
+    const char *ob[] = {"-w", "1", "--bind", port_bind, "--pidfile", pidfile, NULL};
+    TU_REQUIRE_OK(master_start(&b, ob, "wait"));
+    TU_CHECK_EQ_INT(master_wait(&b, TU_T_MS), 1);
+    int fd = open(pidfile, O_RDONLY | O_CLOEXEC);
+    TU_CHECK(fd >= 0 && read(fd, buf, sizeof buf - 1) > 0 && atoi(buf) == a.pid);
+    if (fd >= 0)
+        close(fd);
+    master_end(&b);
+    master_stop_ok(&a);
+    TU_CHECK(access(pidfile, F_OK) < 0); /* removed by its writer */
     /* A bind that cannot work: a clear failure, exit 1. */
     master_t m;
     const char *opts[] = {"-w", "1", "--bind", "999.1.1.1:80", NULL};
@@ -683,14 +710,6 @@ static void test_prefork_library(void)
 }
 
 /* ------------------------------------------------------------------ upgrade */
-
-/* The port of the first "listening on 127.0.0.1:PORT" in the log. */
-static int log_port(master_t *m)
-{
-    if (!log_has(m, "listening on 127.0.0.1:", TU_T_MS))
-        return -1;
-    return atoi(strstr(m->log, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:"));
-}
 
 static int count_fds_of(pid_t pid)
 {
