@@ -1080,7 +1080,7 @@ static void step_run(void)
         /* USR2: the master re-executes itself in place and hands over. */
         t0 = now_ms_demo();
         kill(r.pid, SIGUSR2);
-        int upgraded = run_wait_for(&r, "re-executed, taking over 4 workers", 1, REPORT_MS) &&
+        int upgraded = run_wait_for(&r, "re-executed, taking over", 1, REPORT_MS) &&
                        run_wait_for(&r, "stopping (its successor is ready)", 8, REPORT_MS);
         long long took = (long long)(now_ms_demo() - t0);
         http_get(port, body, sizeof body);
