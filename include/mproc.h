@@ -1105,9 +1105,8 @@ unsigned mproc_pool_workers_started(const mproc_pool_t *pool);
  * master's own executable with its own arguments (same pid), and the new
  * image takes the sockets and workers over, starts its own generation and
  * retires the old one as HUP does (docs/supervisor.md, "Upgrading in
- * place"). Workers die with
- * the master (PDEATHSIG), however it dies. One line per event goes to
- * stderr.
+ * place"). Workers die with the master (PDEATHSIG), however it dies. One
+ * line per event goes to stderr.
  */
 typedef enum {
     MPROC_RESTART_ALWAYS = 0,
