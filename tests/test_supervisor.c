@@ -863,6 +863,26 @@ static void test_upgrade_exec_fails(void)
     master_stop_ok(&m);
 }
 
+/* sup_prefork's version file: its first line is the "application". */
+static int write_version(const char *vfile, const char *text)
+{
+    FILE *f = fopen(vfile, "we");
+    if (!f)
+        return -errno;
+    int ok = fprintf(f, "%s\n", text) > 0;
+    return fclose(f) == 0 && ok ? 0 : -EIO;
+}
+
+/* m's directory, with a version file (path in vfile) holding text. */
+static int prefork_dir(master_t *m, char *vfile, size_t cap, const char *text)
+{
+    int rc = master_dir(m);
+    if (rc < 0)
+        return rc;
+    snprintf(vfile, cap, "%s/version", m->dir);
+    return write_version(vfile, text);
+}
+
 /* Ask until every one of `want` consecutive answers is version v (and
  * none failed on the way): 1, or 0 on timeout or a failed request. */
 static int answers_become(int port, const char *v, int want, int *failed)
@@ -888,11 +908,8 @@ static int answers_become(int port, const char *v, int want, int *failed)
 static void test_upgrade_library(void)
 {
     master_t m;
-    TU_REQUIRE_OK(master_dir(&m));
     char vfile[128];
-    snprintf(vfile, sizeof vfile, "%s/version", m.dir);
-    FILE *f = fopen(vfile, "we");
-    TU_REQUIRE(f && fputs("v1\n", f) >= 0 && fclose(f) == 0);
+    TU_REQUIRE_OK(prefork_dir(&m, vfile, sizeof vfile, "v1"));
     const char *argv[] = {"sup_prefork", vfile, "2", NULL};
     TU_REQUIRE_OK(master_exec(&m, SUP_PREFORK, argv));
     TU_CHECK(log_has(&m, "sup_prefork upgraded=0", TU_T_MS));
@@ -906,8 +923,7 @@ static void test_upgrade_library(void)
      * then a good one again, on the same port. */
     const char *versions[] = {"v2", "fail", "v3\n192.0.2.1:1", "v4"};
     for (int i = 0; i < 4; i++) {
-        f = fopen(vfile, "we");
-        TU_REQUIRE(f && fprintf(f, "%s\n", versions[i]) > 0 && fclose(f) == 0);
+        TU_REQUIRE_OK(write_version(vfile, versions[i]));
         TU_CHECK_OK(kill(m.pid, SIGUSR2));
         TU_CHECK(log_count_reaches(&m, "sup_prefork upgraded=1", i + 1, TU_T_MS));
         if (i == 1 || i == 2) {
@@ -934,11 +950,8 @@ static void test_upgrade_library(void)
 static void test_upgrade_not_enabled(void)
 {
     master_t m;
-    TU_REQUIRE_OK(master_dir(&m));
     char vfile[128];
-    snprintf(vfile, sizeof vfile, "%s/version", m.dir);
-    FILE *f = fopen(vfile, "we");
-    TU_REQUIRE(f && fputs("v1\n", f) >= 0 && fclose(f) == 0);
+    TU_REQUIRE_OK(prefork_dir(&m, vfile, sizeof vfile, "v1"));
     const char *argv[] = {"sup_prefork", vfile, "1", "no-upgrade", NULL};
     TU_REQUIRE_OK(master_exec(&m, SUP_PREFORK, argv));
     int port = log_port(&m), failed = 0;
