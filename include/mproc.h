@@ -1106,7 +1106,9 @@ unsigned mproc_pool_workers_started(const mproc_pool_t *pool);
  * image takes the sockets and workers over, starts its own generation and
  * retires the old one as HUP does (docs/supervisor.md, "Upgrading in
  * place"). Workers die with the master (PDEATHSIG), however it dies. One
- * line per event goes to stderr.
+ * line per event goes to stderr. Under systemd (NOTIFY_SOCKET in the
+ * caller's environment) the master itself sends READY=1 with MAINPID once
+ * its workers are up, STOPPING=1, and WATCHDOG=1 if WATCHDOG_USEC asks.
  */
 typedef enum {
     MPROC_RESTART_ALWAYS = 0,

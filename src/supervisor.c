@@ -96,6 +96,10 @@ typedef struct {
     int64_t *restarts; /* times of recent restarts (a ring) */
     unsigned nrestarts;
     int stopping; /* 1 graceful, 2 at once */
+    /* A supervisor above (systemd, Type=notify): told READY=1 once the
+     * workers are up, STOPPING=1, and fed WATCHDOG=1 if it asked. */
+    int told_ready;
+    int64_t watchdog_ms, next_watchdog; /* 0: no watchdog above */
     int exit_code;
     int wrote_pidfile;
     sigset_t blocked, old_mask;
@@ -432,6 +436,9 @@ static int worker_main(const void *arg, size_t len)
     if (s->o.timeout_ms > 0) {
         set_env_int("WATCHDOG_USEC", (long)s->o.timeout_ms * 1000);
         set_env_int("WATCHDOG_PID", (long)getpid());
+    } else {
+        unsetenv("WATCHDOG_USEC"); /* a watchdog above is the master's, not ours */
+        unsetenv("WATCHDOG_PID");
     }
     if (s->o.worker) {
         /* Prefork mode: no exec; what the preload made is inherited. */
@@ -667,6 +674,8 @@ static void begin_stop(sup_t *s, int how, int code)
         s->exit_code = code; /* a crash loop stays a failure */
     if (s->stopping >= how)
         return;
+    if (!s->stopping)
+        mproc_notify("STOPPING=1"); /* to a supervisor above, if any */
     s->stopping = how;
     for (int i = 0; i < s->nslots; i++)
         s->slots[i].restart_at = 0;
@@ -1058,9 +1067,40 @@ static void on_signals(sup_t *s)
 
 /* ---- the loop ------------------------------------------------------------------- */
 
+/* Every slot that should have a worker has one that is up (ready, with
+ * opts.ready): the moment to tell a supervisor above READY=1. */
+static int generation_up(sup_t *s)
+{
+    for (int i = 0; i < s->nslots; i++) {
+        worker_t *w = s->slots[i].current;
+        if (s->slots[i].empty)
+            continue;
+        if (!w || (s->o.ready && !w->ready))
+            return 0;
+    }
+    return 1;
+}
+
+/* systemd's watchdog for this process (WATCHDOG_USEC, and WATCHDOG_PID if
+ * set must be ours): fed at half the period. 0: none. */
+static int64_t watchdog_above(void)
+{
+    const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    char *end;
+    if (!usec || !getenv("NOTIFY_SOCKET"))
+        return 0;
+    errno = 0;
+    unsigned long long u = strtoull(usec, &end, 10);
+    if (!*usec || *end || errno || u == 0)
+        return 0;
+    if (pid && (strtol(pid, &end, 10) != (long)getpid() || *end))
+        return 0;
+    return u / 2000 > 0 ? (int64_t)(u / 2000) : 1;
+}
+
 static int64_t next_timer(sup_t *s)
 {
-    int64_t t = -1;
+    int64_t t = s->watchdog_ms ? s->next_watchdog : -1;
     for (int i = 0; i < s->nslots; i++)
         if (s->slots[i].restart_at && (t < 0 || s->slots[i].restart_at < t))
             t = s->slots[i].restart_at;
@@ -1079,6 +1119,10 @@ static int64_t next_timer(sup_t *s)
 static void on_timers(sup_t *s)
 {
     int64_t now = now_ms();
+    if (s->watchdog_ms && now >= s->next_watchdog) {
+        mproc_notify("WATCHDOG=1");
+        s->next_watchdog = now + s->watchdog_ms;
+    }
     for (worker_t *w = s->workers; w; w = w->next) {
         if (w->kill_at && w->kill_at <= now && w->kill_at > 1) {
             say("worker %d pid %d still running after the graceful timeout: SIGKILL", w->slot,
@@ -1419,6 +1463,8 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
         free(s);
         return rc;
     }
+    if ((s->watchdog_ms = watchdog_above()) > 0)
+        s->next_watchdog = now_ms(); /* the first beat at once */
     if (!s->frozen) {
         say("master pid %d: %d workers of %s", (int)getpid(), s->nslots,
             s->o.argv ? s->o.argv[0] : "a function (prefork)");
@@ -1461,6 +1507,13 @@ int mproc_supervise(const mproc_supervisor_opts_t *opts)
             if (mproc_process_is_alive(exited[i]->p) <= 0) /* < 0: cannot tell: gone */
                 on_worker_exit(s, exited[i]);
         on_timers(s);
+        if (!s->told_ready && !s->stopping && generation_up(s)) {
+            char up[96];
+            snprintf(up, sizeof up, "READY=1\nMAINPID=%d\nSTATUS=%d workers up", (int)getpid(),
+                     s->nslots);
+            mproc_notify(up);
+            s->told_ready = 1;
+        }
         if (s->nreap)
             reap_leftovers(s);
         int live = 0;

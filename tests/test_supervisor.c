@@ -710,6 +710,82 @@ static void test_prefork_library(void)
     }
 }
 
+/* A supervisor above (systemd, Type=notify): the master tells it READY=1
+ * (with MAINPID) once every worker is ready, feeds its watchdog, says
+ * STOPPING=1; its workers get the master's socket and no watchdog of
+ * the master's. */
+
+/* The next datagram on fd within timeout_ms, in buf: its length, or -1. */
+static ssize_t next_datagram(int fd, char *buf, size_t cap, int timeout_ms)
+{
+    if (tu_wait_readable(fd, timeout_ms) != 1)
+        return -1;
+    ssize_t n = recv(fd, buf, cap - 1, MSG_DONTWAIT);
+    buf[n > 0 ? n : 0] = '\0';
+    return n;
+}
+
+static void test_notify_upward(void)
+{
+    master_t m;
+    TU_REQUIRE_OK(master_dir(&m)); /* a private directory for "systemd's" socket */
+    char path[96];
+    snprintf(path, sizeof path, "%s/systemd-notify", m.dir);
+    int up = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    TU_REQUIRE(up >= 0 && bind(up, (struct sockaddr *)&sa, sizeof sa) == 0);
+    setenv("NOTIFY_SOCKET", path, 1);
+    setenv("WATCHDOG_USEC", "200000", 1); /* 200 ms: fed every 100 ms */
+    const char *argv[] = {"mproc", "run",      "-w",        "2",     "--ready",
+                          "--",    SUP_WORKER, m.fifo_path, "ready", NULL};
+    int rc = master_exec(&m, NULL, argv);
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    TU_REQUIRE_OK(rc);
+    report_t r[2];
+    TU_REQUIRE(next_report(&m, &r[0], TU_T_MS) && next_report(&m, &r[1], TU_T_MS));
+    char buf[256], want[64];
+    snprintf(want, sizeof want, "READY=1\nMAINPID=%d\n", (int)m.pid);
+    int watchdogs = 0, ready = 0;
+    int64_t end = tu_now_ms() + TU_T_MS;
+    while (!(ready && watchdogs >= 2) && tu_now_ms() < end) {
+        if (next_datagram(up, buf, sizeof buf, TU_T_MS) < 0)
+            break;
+        if (strcmp(buf, "WATCHDOG=1") == 0)
+            watchdogs++;
+        if (strncmp(buf, want, strlen(want)) == 0) {
+            ready = 1; /* only once both workers were */
+            TU_CHECK_EQ_INT(log_count(&m, " ready\n"), 2);
+        }
+    }
+    TU_CHECK(ready);
+    TU_CHECK(watchdogs >= 2);
+    for (int i = 0; i < 2; i++) {
+        TU_CHECK(strcmp(r[i].notify, path) != 0); /* the master's socket, not systemd's */
+        char env[64], envbuf[8192] = "";
+        snprintf(env, sizeof env, "/proc/%d/environ", r[i].pid);
+        int fd = open(env, O_RDONLY | O_CLOEXEC);
+        ssize_t k = fd >= 0 ? read(fd, envbuf, sizeof envbuf - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        TU_CHECK(k > 0);
+        for (ssize_t j = 0; j < k; j++)
+            if (!envbuf[j])
+                envbuf[j] = '\n';
+        TU_CHECK(strstr(envbuf, "WATCHDOG_USEC=") == NULL);
+    }
+    TU_CHECK_OK(kill(m.pid, SIGTERM));
+    int stopping = 0;
+    while (!stopping && next_datagram(up, buf, sizeof buf, TU_T_MS) >= 0)
+        stopping = strcmp(buf, "STOPPING=1") == 0;
+    TU_CHECK(stopping);
+    TU_CHECK_EQ_INT(master_wait(&m, TU_T_MS), 0);
+    close(up);
+    unlink(path);
+    master_end(&m);
+}
+
 /* ------------------------------------------------------------------ upgrade */
 
 static int count_fds_of(pid_t pid)
@@ -1028,6 +1104,7 @@ static const tu_case_t cases[] = {
     TU_CASE(test_recycle),
     TU_CASE(test_reload_crash_loop),
     TU_CASE(test_bad_usage),
+    TU_CASE(test_notify_upward),
     TU_CASE(test_prefork_library),
     TU_CASE(test_upgrade_command),
     TU_CASE(test_upgrade_exec_fails),
