@@ -566,11 +566,13 @@ static void test_reload_crash_loop(void)
 
 static void test_bad_usage(void)
 {
-    const char *bad[][7] = {
+    const char *bad[][8] = {
         {"mproc", "run", NULL},
         {"mproc", "run", "-w", "zero", "--", "true"},
         {"mproc", "run", "--restart", "sometimes", "--", "true"},
         {"mproc", "run", "--bogus", "1", "--", "true"},
+        {"mproc", "run", "--pidfile", "-w", "2", "--", "true"},
+        {"mproc", "run", "--bind", "--", "true"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         exec_arg_t a = {bad[i], NULL};

@@ -122,7 +122,9 @@ static int cmd_run(int argc, char **argv)
         }
         if (a[0] != '-')
             break; /* the command, without "--" */
-        if (i + 1 >= argc || strcmp(argv[i + 1], "--") == 0)
+        /* No value starts with '-' (a path that does: ./-name): an option
+         * right after another is a missing value, not a strange one. */
+        if (i + 1 >= argc || argv[i + 1][0] == '-')
             return run_usage("missing value for", a);
         const char *v = argv[++i];
         char *end;
