@@ -32,6 +32,7 @@
 #include "internal.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -280,9 +281,42 @@ static const char *bound_name(int fd, const char *spec)
 
 /* ---- the notify socket ---------------------------------------------------------- */
 
+/* A master killed by SIGKILL leaves its notify directory behind: the next
+ * one to start removes those of this user whose socket nobody holds any
+ * more (connect: ECONNREFUSED). A directory without its socket yet is a
+ * master being born: left alone. */
+static void sweep_stale_notify_dirs(const char *base)
+{
+    DIR *d = opendir(base);
+    if (!d)
+        return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, "mproc-run-", 10) != 0 || strlen(e->d_name) != 16)
+            continue;
+        char dir[64], path[96];
+        snprintf(dir, sizeof dir, "%s/%s", base, e->d_name);
+        snprintf(path, sizeof path, "%s/notify", dir);
+        struct stat st;
+        if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+            lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_uid != geteuid())
+            continue;
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            break;
+        int dead = connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno == ECONNREFUSED;
+        close(fd);
+        if (dead && unlink(path) == 0)
+            rmdir(dir);
+    }
+    closedir(d);
+}
+
 static int notify_open(sup_t *s)
 {
     const char *base = "/tmp";
+    sweep_stale_notify_dirs(base);
     snprintf(s->notify_dir, sizeof s->notify_dir, "%s/mproc-run-XXXXXX", base);
     if (!mkdtemp(s->notify_dir)) {
         s->notify_dir[0] = '\0';

@@ -399,6 +399,20 @@ static void test_master_killed(void)
     TU_CHECK(gone_within(r[0].pid, TU_T_MS));
     TU_CHECK(gone_within(r[1].pid, TU_T_MS));
     master_end(&m);
+    /* It could not remove its notify directory; the next master does. */
+    struct stat st;
+    TU_CHECK_OK(lstat(r[0].notify, &st));
+    const char *opts2[] = {"-w", "1", NULL};
+    report_t r2;
+    TU_REQUIRE_OK(master_start(&m, opts2, "wait"));
+    TU_REQUIRE(next_report(&m, &r2, TU_T_MS));
+    TU_CHECK(lstat(r[0].notify, &st) < 0 && errno == ENOENT);
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s", r[0].notify);
+    *strrchr(dir, '/') = '\0';
+    TU_CHECK(rmdir(dir) < 0 && errno == ENOENT);
+    TU_CHECK_OK(lstat(r2.notify, &st)); /* its own is there */
+    master_stop_ok(&m);
 }
 
 /* Send msg to the notify socket from this process (not a worker). */
