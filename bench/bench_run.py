@@ -82,6 +82,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children_of(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 class Server:
     """A master process whose stderr lines are kept with their arrival time."""
 
@@ -155,11 +163,7 @@ class Server:
         return sum(1 for _, line in self.lines[start:] if rx.search(line))
 
     def children(self) -> List[int]:
-        try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-                return [int(x) for x in f.read().split()]
-        except OSError:
-            return []
+        return children_of(self.pid)
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM, wait, then SIGKILL the process group; leftovers are an error."""
@@ -247,10 +251,15 @@ def summary(samples_ns: List[int]) -> Tuple[float, float, float]:
     return statistics.median(v), q[0], q[-1]
 
 
+def ms_fields(samples_ns: List[int]) -> str:
+    """Median, p10 and p90 in ms, as key=value pairs."""
+    r = summary(samples_ns)
+    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f}"
+
+
 def ms_line(samples_ns: List[int], n: int) -> str:
     """The output line of a figure measured in ms: median, p10, p90."""
-    r = summary(samples_ns)
-    return f"median_ms={r[0]:.3f} p10_ms={r[1]:.3f} p90_ms={r[2]:.3f} n={n}"
+    return f"{ms_fields(samples_ns)} n={n}"
 
 
 # --------------------------------------------------------------------------
@@ -281,6 +290,16 @@ class Mproc:
         m = re.search(self.READY, line)
         if m:
             self.ready[int(m.group(1))] = int(m.group(2))
+
+    def check_generations(self, pattern: str, start: int, n: int) -> None:
+        """n events (log lines matching pattern) since log line start, each
+        with a generation of WORKERS ready."""
+        deadline = time.monotonic() + 10
+        while self.srv.count(self.READY, start) < n * WORKERS and time.monotonic() < deadline:
+            self.srv.pump(0.1)
+        events, ready = self.srv.count(pattern, start), self.srv.count(self.READY, start)
+        if events != n or ready < n * WORKERS:
+            raise BenchError(f"{events} of {n} /{pattern}/, {ready} new workers ready")
 
     def wait_ready(self, n: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -433,14 +452,7 @@ def mproc_reload(args, n: int, conns: int = 32) -> str:
         m.wait_ready(WORKERS)
         start = len(m.srv.lines)
         w = run_wrk(m.srv, m.port, n, conns=conns)
-        # Every reload must have completed: n generations of WORKERS ready.
-        deadline = time.monotonic() + 10
-        while m.srv.count(m.READY, start) < n * WORKERS and time.monotonic() < deadline:
-            m.srv.pump(0.1)
-        reloads = m.srv.count(r"reload: starting a new generation", start)
-        if reloads != n or m.srv.count(m.READY, start) < n * WORKERS:
-            raise BenchError(f"{reloads} reloads of {n}, "
-                             f"{m.srv.count(m.READY, start)} new workers ready")
+        m.check_generations(r"reload: starting a new generation", start, n)
         m.srv.stop()
     except BaseException:
         m.srv.kill_all()
@@ -477,14 +489,9 @@ def mproc_upgrade(args, n: int) -> str:
             os.kill(m.srv.pid, signal.SIGUSR2)
 
         w = run_wrk(m.srv, m.port, n, upgrade)
-        deadline = time.monotonic() + 10
-        while m.srv.count(m.READY, start) < n * WORKERS and time.monotonic() < deadline:
-            m.srv.pump(0.1)
-        # Every upgrade by the same pid, each with a generation ready.
-        ups = m.srv.count(rf"mproc\[{m.srv.pid}\]: master pid {m.srv.pid}: re-executed", start)
-        if ups != n or m.srv.count(m.READY, start) < n * WORKERS:
-            raise BenchError(f"{ups} upgrades of {n}, "
-                             f"{m.srv.count(m.READY, start)} new workers ready")
+        # By the same pid each time.
+        pid = m.srv.pid
+        m.check_generations(rf"mproc\[{pid}\]: master pid {pid}: re-executed", start, n)
         # Each upgrade's time: USR2 to the last of the new generation ready.
         took = []
         for t0, at in sent:
@@ -497,15 +504,7 @@ def mproc_upgrade(args, n: int) -> str:
     except BaseException:
         m.srv.kill_all()
         raise
-    return reload_line(w, n) + " " + ms_line(took, n).rsplit(" n=", 1)[0]
-
-
-def children_of(pid: int) -> List[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+    return reload_line(w, n) + " " + ms_fields(took)
 
 
 def gunicorn_upgrade(args, n: int) -> str:
@@ -540,7 +539,7 @@ def gunicorn_upgrade(args, n: int) -> str:
     except BaseException:
         g.srv.kill_all()
         raise
-    return reload_line(w, n) + " " + ms_line(took, n).rsplit(" n=", 1)[0]
+    return reload_line(w, n) + " " + ms_fields(took)
 
 
 def reload_line(w: Dict[str, float], n: int) -> str:

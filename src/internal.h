@@ -338,16 +338,10 @@ typedef struct {
 int mproc__handover_write(const mproc__handover_t *h, int *fd);
 /* Parse a handover text (bounds-checked; MPROC_EPROTO if malformed). */
 int mproc__handover_parse(const char *text, size_t len, mproc__handover_t **out);
-/* Read the handover named by the environment, if any: 1 and *out, 0 if
- * none, or an error. Every fd it names is checked open, made
- * close-on-exec; the variable is removed. */
-int mproc__handover_take(mproc__handover_t **out);
 void mproc__handover_free(mproc__handover_t *h);
 /* Name fd in the environment for the next image; undo that. */
 int mproc__handover_env(int fd);
 void mproc__handover_env_clear(void);
-/* Take the handover (a constructor does, before main). */
-void mproc__handover_early(void);
 /* mproc_init: remember main's arguments and working directory. */
 void mproc__upgrade_record(int argc, char **argv);
 /* What mproc_init recorded (NULLs if it was not called), and 1 if this is

@@ -578,25 +578,7 @@ static int too_many_restarts(sup_t *s)
 
 static void begin_stop(sup_t *s, int how, int code);
 
-/* A slot's successor ended for good before taking over: the worker it was
- * to replace stays the slot's. 1 if there was one. */
-static int reinstate(sup_t *s, int slot)
-{
-    for (worker_t *o = s->workers; o; o = o->next)
-        if (o->slot == slot && o->succeeded_by && !o->kill_at) {
-            o->succeeded_by = 0;
-            s->slots[slot].current = o;
-            say("worker %d pid %d stays: its successor ended", slot, (int)o->pid);
-            return 1;
-        }
-    return 0;
-}
-
-/* A new generation (reload, upgrade, recycle) that crash-loops while the
- * worker it was to replace in the dying worker's slot still runs: the old
- * workers stay in charge, in every slot that has one, and the successors
- * not yet ready are stopped. A bad deploy then costs nothing but the log
- * line. The number of slots handed back. */
+/* The worker a slot's coming successor is to replace, still running. */
 static worker_t *waiting_old(sup_t *s, int slot)
 {
     for (worker_t *o = s->workers; o; o = o->next)
@@ -605,6 +587,24 @@ static worker_t *waiting_old(sup_t *s, int slot)
     return NULL;
 }
 
+/* A slot's successor ended for good before taking over: the worker it was
+ * to replace stays the slot's. 1 if there was one. */
+static int reinstate(sup_t *s, int slot)
+{
+    worker_t *o = waiting_old(s, slot);
+    if (!o)
+        return 0;
+    o->succeeded_by = 0;
+    s->slots[slot].current = o;
+    say("worker %d pid %d stays: its successor ended", slot, (int)o->pid);
+    return 1;
+}
+
+/* A new generation (reload, upgrade, recycle) that crash-loops while the
+ * worker it was to replace in the dying worker's slot still runs: the old
+ * workers stay in charge, in every slot that has one, and the successors
+ * not yet ready are stopped. A bad deploy then costs nothing but the log
+ * line. The number of slots handed back. */
 static int abandon_reload(sup_t *s)
 {
     int back = 0;

@@ -2,7 +2,8 @@
  * upgrade.c - what a supervisor hands to the next image of itself when it
  * re-executes its binary in place (SIGUSR2, docs/supervisor.md).
  *
- * The master execve()s its own executable with its own arguments: the pid
+ * The master execve()s its own program with main()'s arguments, which
+ * mproc_init records here (with main's directory): the pid
  * stays the same, so its workers stay its children (they keep running,
  * PDEATHSIG does not fire on exec) and systemd, a pidfile or a container
  * runtime see no change. What the new image cannot find out by itself
@@ -311,7 +312,10 @@ static int fd_open(int fd)
     return fcntl(fd, F_GETFD) >= 0;
 }
 
-int mproc__handover_take(mproc__handover_t **out)
+/* Read the handover the environment names, if any: 1 and *out, 0 if none,
+ * or an error. Every fd it names is checked open and made close-on-exec;
+ * the variable is removed. */
+static int handover_take(mproc__handover_t **out)
 {
     *out = NULL;
     const char *v = getenv(ENV_NAME);
@@ -388,11 +392,13 @@ static pid_t main_pid;
 static char **main_argv;
 static char *main_cwd;
 
+static void handover_early(void);
+
 __attribute__((constructor)) static void upgrade_before_main(void)
 {
     main_pid = getpid();
     if (getenv(ENV_NAME))
-        mproc__handover_early();
+        handover_early();
 }
 
 void mproc__upgrade_record(int argc, char **argv)
@@ -418,18 +424,18 @@ int mproc__upgrade_self(char *const **argv, const char **cwd)
     return getpid() == main_pid;
 }
 
-void mproc__handover_early(void)
+static void handover_early(void)
 {
     if (taken)
         return;
     taken = 1;
     taken_by = getpid();
-    taken_rc = mproc__handover_take(&taken_h);
+    taken_rc = handover_take(&taken_h);
 }
 
 int mproc__handover_claim(mproc__handover_t **out)
 {
-    mproc__handover_early();
+    handover_early();
     *out = NULL;
     if (taken_by != getpid())
         return 0;
@@ -442,6 +448,6 @@ int mproc__handover_claim(mproc__handover_t **out)
 
 int mproc_supervise_upgraded(void)
 {
-    mproc__handover_early();
+    handover_early();
     return taken_by == getpid() && (taken_h != NULL || taken_rc < 0);
 }
